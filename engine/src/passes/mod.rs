@@ -1,0 +1,7 @@
+//! Graph passes: each a function over a graph, one per file.
+
+pub mod dead_nodes;
+pub mod fold_constants;
+
+pub use dead_nodes::remove_dead_nodes;
+pub use fold_constants::{infer_and_fold, FoldOptions};
