@@ -1,1 +1,8 @@
-//! placeholder
+//! floe-convert: model importers and the conversion pipeline.
+//!
+//! Today: ONNX (`onnx::load`) into floe's graph IR, opset-aware, with constant and
+//! shape folding. The `.floe` writer and target lowering build on this.
+
+pub mod onnx;
+
+pub use onnx::{load, load_bytes, ImportError, ImportedModel};

@@ -1,0 +1,38 @@
+//! Converters from ONNX nodes to floe ops, one file per op family (mirroring
+//! `floe_engine::ops`). Each file registers its ops with their opset ranges.
+
+pub mod constant;
+pub mod control;
+pub mod conv;
+pub mod einsum;
+pub mod elementwise;
+pub mod gather;
+pub mod layout;
+pub mod matmul;
+pub mod normalization;
+pub mod pool;
+pub mod quantize;
+pub mod reduce;
+pub mod resize;
+pub mod rnn;
+pub mod softmax;
+
+use super::registry::Registry;
+
+/// Registers every family.
+pub fn register_all(r: &mut Registry) {
+    elementwise::register(r);
+    layout::register(r);
+    gather::register(r);
+    reduce::register(r);
+    softmax::register(r);
+    matmul::register(r);
+    conv::register(r);
+    pool::register(r);
+    normalization::register(r);
+    rnn::register(r);
+    resize::register(r);
+    einsum::register(r);
+    quantize::register(r);
+    control::register(r);
+}
