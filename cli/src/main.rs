@@ -1,1 +1,58 @@
-fn main() {}
+//! `floe`: run, inspect and test ONNX models on CPU.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// floe: an inference engine for edge CPUs. Imports ONNX models, runs them,
+/// inspects them and checks them against ONNX's conformance tests.
+#[derive(Parser)]
+#[command(name = "floe", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a model once and print each output's name, shape and statistics
+    /// (inputs from .npy files, or random with a fixed seed).
+    Run(commands::run::RunArgs),
+    /// Show a model's inputs and outputs (with symbolic dims), op histogram,
+    /// parameter count and bytes, opsets, and any unsupported ops.
+    Inspect(commands::inspect::InspectArgs),
+    /// Run ONNX backend node tests (a directory of test_* case folders) and report
+    /// passed / failed / unsupported.
+    Conformance(commands::conformance::ConformanceArgs),
+    /// List the supported ONNX ops and their opset ranges.
+    Ops(commands::ops::OpsArgs),
+}
+
+fn main() -> ExitCode {
+    // A panic is a bug in floe; report it as such, without Rust's panic banner.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        let loc = info.location().map(|l| format!(" ({}:{})", l.file(), l.line())).unwrap_or_default();
+        eprintln!("floe: internal error{loc}: {msg}. This is a bug in floe; please report it.");
+    }));
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => commands::run::run(a),
+        Command::Inspect(a) => commands::inspect::run(a),
+        Command::Conformance(a) => commands::conformance::run(a),
+        Command::Ops(a) => commands::ops::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

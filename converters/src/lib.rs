@@ -3,6 +3,7 @@
 //! Today: ONNX (`onnx::load`) into floe's graph IR, opset-aware, with constant and
 //! shape folding. The `.floe` writer and target lowering build on this.
 
+pub mod conformance;
 pub mod onnx;
 
 pub use onnx::{load, load_bytes, ImportError, ImportedModel};

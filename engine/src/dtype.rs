@@ -228,7 +228,7 @@ macro_rules! dispatch_numeric {
     ($dt:expr, $t:ident => $body:expr, bool => $bool_body:expr) => {
         match $dt {
             $crate::DType::F32 => { type $t = f32; $body }
-            $crate::DType::F16 => { type $t = half::f16; $body }
+            $crate::DType::F16 => { type $t = $crate::half::f16; $body }
             $crate::DType::F64 => { type $t = f64; $body }
             $crate::DType::I8 => { type $t = i8; $body }
             $crate::DType::U8 => { type $t = u8; $body }
@@ -249,7 +249,7 @@ macro_rules! dispatch_float {
     ($dt:expr, $t:ident => $body:expr, _ => $other:expr) => {
         match $dt {
             $crate::DType::F32 => { type $t = f32; $body }
-            $crate::DType::F16 => { type $t = half::f16; $body }
+            $crate::DType::F16 => { type $t = $crate::half::f16; $body }
             $crate::DType::F64 => { type $t = f64; $body }
             _ => $other,
         }

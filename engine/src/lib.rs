@@ -15,6 +15,7 @@ pub mod shape;
 pub mod tensor;
 
 pub use dtype::{DType, Element};
+pub use half;
 pub use error::{Error, Result};
 pub use exec::{Plan, Session};
 pub use graph::{Graph, Node, Value, ValueId};

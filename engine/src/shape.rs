@@ -112,6 +112,10 @@ impl Fact {
     pub fn dtype_only(dtype: crate::DType) -> Fact {
         Fact { dtype: Some(dtype), shape: None }
     }
+
+    pub fn dtype_only_opt(dtype: Option<crate::DType>) -> Fact {
+        Fact { dtype, shape: None }
+    }
 }
 
 impl fmt::Display for Fact {

@@ -7,6 +7,7 @@
 pub mod error;
 pub mod ops;
 pub mod registry;
+pub mod summary;
 pub mod tensor;
 
 pub use error::{ImportError, UnsupportedOp};
@@ -54,10 +55,17 @@ pub fn load_bytes(bytes: &[u8], path: &Path, base_dir: Option<&Path>) -> Result<
         let d = if o.domain == "ai.onnx" { String::new() } else { o.domain.clone() };
         opsets.insert(d, o.version);
     }
-    let opset = *opsets.get("").ok_or_else(|| ImportError::Decode {
-        path: p.clone(),
-        msg: "the model declares no opset for the default ONNX domain (file truncated?)".into(),
-    })?;
+    let uses_default = graph_proto.node.iter().any(|n| n.domain.is_empty() || n.domain == "ai.onnx");
+    let opset = match opsets.get("") {
+        Some(&v) => v,
+        None if !uses_default => 0,
+        None => {
+            return Err(ImportError::Decode {
+                path: p.clone(),
+                msg: "the model declares no opset for the default ONNX domain (file truncated?)".into(),
+            })
+        }
+    };
     let registry = Registry::onnx();
     let mut unsupported = Vec::new();
     find_unsupported(graph_proto, &registry, &opsets, &mut unsupported);

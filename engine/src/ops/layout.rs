@@ -719,6 +719,11 @@ impl OpImpl for LayoutOp {
             Identity => x()?.clone(),
             Dropout => {
                 let x = x()?;
+                let training = opt_input(inputs, 2).map(|t| t.to_f64_vec().first().copied().unwrap_or(0.0) != 0.0).unwrap_or(false);
+                let ratio = opt_input(inputs, 1).and_then(|t| t.to_f64_vec().first().copied()).unwrap_or(0.5);
+                if training && ratio > 0.0 {
+                    return Err(Error::Unsupported("Dropout in training mode (random masks) is not supported for inference".into()));
+                }
                 let mut v = vec![x.clone()];
                 if ctx.n_outputs > 1 {
                     v.push(Tensor::from_bools(x.shape(), &vec![true; x.numel()])?);

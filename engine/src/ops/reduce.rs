@@ -199,7 +199,18 @@ fn reduce(x: &Tensor, kind: ReduceKind, axes: Option<Vec<i64>>, keepdims: bool, 
     };
     let dt = x.dtype();
     if dt == DType::Bool {
-        bail!("{} does not accept bool", kind.name());
+        if !matches!(kind, ReduceKind::Max | ReduceKind::Min) {
+            bail!("{} does not accept bool", kind.name());
+        }
+        // max = any, min = all, over 0/1 bytes
+        let v = x.bytes();
+        let mut out = Tensor::zeros(dt, &out_shape)?;
+        let o = out.bytes_mut();
+        for (k, &b) in base.iter().enumerate() {
+            let mut it = inner.iter().map(|&i| v[b + i] != 0);
+            o[k] = if kind == ReduceKind::Max { it.any(|x| x) } else { it.all(|x| x) } as u8;
+        }
+        return Ok(out);
     }
     let mut out = Tensor::zeros(dt, &out_shape)?;
     if dt.is_float() {

@@ -1,0 +1,92 @@
+//! One module per subcommand; shared helpers for loading models and inputs.
+
+pub mod conformance;
+pub mod inspect;
+pub mod ops;
+pub mod run;
+
+use anyhow::{bail, Context, Result};
+use floe_engine::{DType, Element, Tensor};
+use std::collections::HashMap;
+
+/// Parses repeated `NAME=VALUE` flags.
+pub fn parse_pairs(items: &[String], flag: &str) -> Result<Vec<(String, String)>> {
+    items
+        .iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("{flag} expects NAME=VALUE, got '{s}'"),
+        })
+        .collect()
+}
+
+/// Parses `--dim T=100` flags into symbol bindings.
+pub fn parse_dims(items: &[String]) -> Result<HashMap<String, usize>> {
+    parse_pairs(items, "--dim")?
+        .into_iter()
+        .map(|(k, v)| {
+            let n: usize = v.parse().with_context(|| format!("--dim {k}={v}: '{v}' is not a non-negative integer"))?;
+            if n > 1 << 24 {
+                bail!("--dim {k}={v} is absurdly large");
+            }
+            Ok((k, n))
+        })
+        .collect()
+}
+
+/// SplitMix64: a small, seeded generator for reproducible random inputs.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    }
+}
+
+/// A random tensor: floats uniform in [-1, 1), integers in [0, 10), bools fair.
+pub fn random_tensor(dtype: DType, shape: &[usize], rng: &mut Rng) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    if dtype == DType::Bool {
+        let v: Vec<bool> = (0..n).map(|_| rng.next_u64() & 1 == 1).collect();
+        return Ok(Tensor::from_bools(shape, &v)?);
+    }
+    fn fill<T: Element>(shape: &[usize], n: usize, rng: &mut Rng, float: bool) -> Result<Tensor> {
+        let v: Vec<T> = (0..n).map(|_| if float { T::from_f64(rng.next_f64()) } else { T::from_i64((rng.next_u64() % 10) as i64) }).collect();
+        Ok(Tensor::from_vec(shape, v)?)
+    }
+    let float = dtype.is_float();
+    floe_engine::dispatch_numeric!(dtype, T => fill::<T>(shape, n, rng, float), bool => unreachable!())
+}
+
+/// min / max / mean / std of a tensor's values (as f64), and NaN count.
+pub fn stats(t: &Tensor) -> String {
+    let v = t.to_f64_vec();
+    if v.is_empty() {
+        return "empty".into();
+    }
+    let nan = v.iter().filter(|x| x.is_nan()).count();
+    let fin: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+    let n = fin.len().max(1) as f64;
+    let mean = fin.iter().sum::<f64>() / n;
+    let var = fin.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+    let min = fin.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = fin.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut s = format!("min {min:.6} max {max:.6} mean {mean:.6} std {:.6}", var.sqrt());
+    if nan > 0 {
+        s.push_str(&format!(" nan {nan}"));
+    }
+    s
+}
