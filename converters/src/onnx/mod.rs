@@ -259,6 +259,9 @@ impl Importer<'_> {
                 continue;
             }
             let Some(def) = self.registry.get(dom, &node.op_type).cloned() else { continue };
+            if opset < def.since {
+                continue; // already listed as unsupported
+            }
             let sub_caps: Vec<String> = {
                 let mut v: Vec<String> = Vec::new();
                 for a in &node.attribute {

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test suite: prepares the pinned Python tools and ONNX conformance data, then
+# runs every Rust test (unit, differential vs onnxruntime, error classes, docs,
+# and the ONNX node conformance suite, whose counts are printed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/prepare-conformance.sh
+cargo test --workspace --all-targets
+# Print the conformance counts (the same test, with its output shown).
+cargo test -p floe-convert --test conformance -- --nocapture 2>&1 | grep -E "^(conformance:|FAILED|test result)"
