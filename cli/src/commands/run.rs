@@ -29,6 +29,7 @@ pub struct RunArgs {
 }
 
 pub fn run(a: RunArgs) -> Result<ExitCode> {
+    let symbols = parse_dims(&a.dims)?;
     let model = floe_convert::onnx::load(&a.model)?;
     let g = &model.graph;
     let mut given: HashMap<String, floe_engine::Tensor> = HashMap::new();
@@ -40,7 +41,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         let t = floe_engine::npy::read(file.as_ref())?;
         given.insert(name, t);
     }
-    let mut b = Bindings { symbols: parse_dims(&a.dims)?, ..Default::default() };
+    let mut b = Bindings { symbols, ..Default::default() };
     for (k, t) in &given {
         b.shapes.insert(k.clone(), t.shape().to_vec());
     }

@@ -12,6 +12,7 @@ pub mod einsum;
 pub mod elementwise;
 pub mod gather;
 pub mod layout;
+pub mod loss;
 pub mod matmul;
 pub mod normalization;
 pub mod pool;
@@ -93,6 +94,7 @@ op_enum! {
     Resize(resize::ResizeOp),
     Einsum(einsum::EinsumOp),
     Quantize(quantize::QuantOp),
+    Loss(loss::LossOp),
 }
 
 impl Op {

@@ -8,6 +8,7 @@ pub mod einsum;
 pub mod elementwise;
 pub mod gather;
 pub mod layout;
+pub mod loss;
 pub mod matmul;
 pub mod normalization;
 pub mod pool;
@@ -35,4 +36,5 @@ pub fn register_all(r: &mut Registry) {
     einsum::register(r);
     quantize::register(r);
     control::register(r);
+    loss::register(r);
 }

@@ -1,0 +1,128 @@
+//! The `floe` binary end to end: the README's run command, and bad input giving a
+//! clear error, a non-zero exit and never a Rust panic banner.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn floe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_floe")).args(args).output().expect("floe runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn repo(p: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(p).to_string_lossy().into_owned()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("floe-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+#[test]
+fn run_shipped_model_prints_outputs_and_writes_npy() {
+    let out_dir = tmp("out");
+    let o = floe(&["run", &repo("examples/models/keyword_cnn.onnx"), "--dim", "T=100", "--output-dir", out_dir.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("output logits") && t.contains("[1, 12]"), "{t}");
+    let logits = floe_engine::npy::read(&out_dir.join("logits.npy")).unwrap();
+    assert_eq!(logits.shape(), &[1, 12]);
+}
+
+#[test]
+fn run_with_reference_input_reproduces_onnxruntime() {
+    let out_dir = tmp("ref");
+    let input = format!("x={}", repo("examples/models/mlp/input_0_x.npy"));
+    let o = floe(&["run", &repo("examples/models/mlp.onnx"), "--input", &input, "--output-dir", out_dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let got = floe_engine::npy::read(&out_dir.join("y.npy")).unwrap().to_f64_vec();
+    let want = floe_engine::npy::read(Path::new(&repo("examples/models/mlp/output_0_y.npy"))).unwrap().to_f64_vec();
+    assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5));
+}
+
+#[test]
+fn truncated_model_is_a_clear_error() {
+    let bytes = std::fs::read(repo("examples/models/keyword_cnn.onnx")).unwrap();
+    let p = tmp("truncated.onnx");
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    let o = floe(&["run", p.to_str().unwrap(), "--dim", "T=10"]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("truncated.onnx"), "{t}");
+    assert!(!t.contains("panicked at"), "{t}");
+}
+
+#[test]
+fn unsupported_ops_are_all_listed() {
+    // Built by hand: two unknown ops and one from a custom domain.
+    use prost::Message;
+    use tract_onnx::pb::*;
+    let n = |op: &str, dom: &str, i: &str, o: &str| NodeProto {
+        op_type: op.into(),
+        domain: dom.into(),
+        input: vec![i.into()],
+        output: vec![o.into()],
+        ..Default::default()
+    };
+    let vi = |name: &str| ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: 1, shape: Some(TensorShapeProto { dim: vec![] }) })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let m = ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 18 }],
+        graph: Some(GraphProto {
+            node: vec![n("Warp", "", "x", "a"), n("Relu", "", "a", "b"), n("Zap", "", "b", "c"), n("Frob", "org.acme", "c", "y")],
+            input: vec![vi("x")],
+            output: vec![vi("y")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let p = tmp("unsupported.onnx");
+    std::fs::write(&p, m.encode_to_vec()).unwrap();
+    for cmd in ["run", "inspect"] {
+        let o = floe(&[cmd, p.to_str().unwrap()]);
+        let t = text(&o);
+        assert!(!o.status.success(), "{cmd}: {t}");
+        assert!(t.contains("Warp") && t.contains("Zap") && t.contains("Frob") && t.contains("org.acme"), "{cmd}: {t}");
+        assert!(!t.contains("panicked at"), "{t}");
+    }
+}
+
+#[test]
+fn missing_file_and_bad_flags_are_errors_not_panics() {
+    let o = floe(&["run", "/nonexistent/model.onnx"]);
+    assert!(!o.status.success() && text(&o).contains("/nonexistent/model.onnx"));
+    let o = floe(&["run", &repo("examples/models/keyword_cnn.onnx"), "--dim", "T=abc"]);
+    assert!(!o.status.success() && text(&o).contains("T=abc"));
+    let o = floe(&["run", &repo("examples/models/keyword_cnn.onnx")]);
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("--dim T="), "{t}");
+    let o = floe(&["run", &repo("examples/models/mlp.onnx"), "--input", "nope=x.npy"]);
+    assert!(!o.status.success() && text(&o).contains("no input 'nope'"));
+}
+
+#[test]
+fn inspect_shows_symbolic_inputs_and_histogram() {
+    let o = floe(&["inspect", &repo("examples/models/transformer_encoder.onnx")]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("hidden") && t.contains("[1, S, 64]") && t.contains("Softmax") && t.contains("parameters:"), "{t}");
+}
+
+#[test]
+fn help_explains_every_flag_of_run() {
+    let t = text(&floe(&["run", "--help"]));
+    for flag in ["--input", "--dim", "--output-dir", "--seed"] {
+        assert!(t.contains(flag), "{flag} missing from help: {t}");
+    }
+}
