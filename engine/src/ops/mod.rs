@@ -5,6 +5,7 @@
 //! call `floe-kernels` (the seam where SIMD kernels drop in without touching the
 //! executor). Importers map ONNX nodes onto these ops; passes match on them.
 
+pub mod attention;
 pub mod broadcast;
 pub mod control;
 pub mod conv;
@@ -20,6 +21,7 @@ pub mod quantize;
 pub mod reduce;
 pub mod resize;
 pub mod rnn;
+pub mod signal;
 pub mod softmax;
 
 use crate::error::Result;
@@ -95,6 +97,8 @@ op_enum! {
     Einsum(einsum::EinsumOp),
     Quantize(quantize::QuantOp),
     Loss(loss::LossOp),
+    Attention(attention::AttentionOp),
+    Signal(signal::SignalOp),
 }
 
 impl Op {

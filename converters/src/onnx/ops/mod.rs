@@ -1,6 +1,7 @@
 //! Converters from ONNX nodes to floe ops, one file per op family (mirroring
 //! `floe_engine::ops`). Each file registers its ops with their opset ranges.
 
+pub mod attention;
 pub mod constant;
 pub mod control;
 pub mod conv;
@@ -16,6 +17,7 @@ pub mod quantize;
 pub mod reduce;
 pub mod resize;
 pub mod rnn;
+pub mod signal;
 pub mod softmax;
 
 use super::registry::Registry;
@@ -37,4 +39,6 @@ pub fn register_all(r: &mut Registry) {
     quantize::register(r);
     control::register(r);
     loss::register(r);
+    attention::register(r);
+    signal::register(r);
 }
