@@ -12,6 +12,18 @@ use std::sync::Arc;
 pub const RTOL: f64 = 1e-3;
 pub const ATOL: f64 = 1e-7;
 
+/// Per-case absolute tolerances where ONNX's stored outputs carry float32 rounding
+/// noise around exact zeros (the same cases onnxruntime's backend test runner
+/// overrides in onnx_backend_test_series_overrides.jsonc). Prefix match.
+pub const ATOL_OVERRIDES: &[(&str, f64)] = &[
+    // inverse DFT of a float32 spectrum: the reference's zeros are ~2e-7, floe's exact
+    ("test_dft_inverse", 1e-5),
+];
+
+fn atol_for(case: &str) -> f64 {
+    ATOL_OVERRIDES.iter().find(|(p, _)| case.starts_with(p)).map_or(ATOL, |&(_, a)| a)
+}
+
 /// The outcome of one case.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -67,7 +79,7 @@ fn numbered(dir: &Path, prefix: &str) -> Vec<PathBuf> {
 }
 
 /// Compares one output; `Err` says where it differs.
-pub fn compare(name: &str, got: &Tensor, want: &Tensor) -> Result<(), String> {
+pub fn compare(name: &str, got: &Tensor, want: &Tensor, atol: f64) -> Result<(), String> {
     if got.dtype() != want.dtype() {
         return Err(format!("output '{name}': dtype {} (expected {})", got.dtype(), want.dtype()));
     }
@@ -77,9 +89,9 @@ pub fn compare(name: &str, got: &Tensor, want: &Tensor) -> Result<(), String> {
     if want.dtype().is_float() {
         let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
         for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-            let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= ATOL + RTOL * b.abs();
+            let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= atol + RTOL * b.abs();
             if !ok {
-                return Err(format!("output '{name}'[{i}] = {a}, expected {b} (rtol {RTOL}, atol {ATOL})"));
+                return Err(format!("output '{name}'[{i}] = {a}, expected {b} (rtol {RTOL}, atol {atol})"));
             }
         }
     } else if got.bytes() != want.bytes() {
@@ -133,7 +145,8 @@ pub fn run_case(dir: &Path) -> Outcome {
             return Outcome::Failed(format!("{} outputs, expected {}", outs.len(), wants.len()));
         }
         for ((got, want), name) in outs.iter().zip(&wants).zip(plan.output_names()) {
-            if let Err(m) = compare(name, got, want) {
+            let case = dir.file_name().unwrap_or_default().to_string_lossy();
+            if let Err(m) = compare(name, got, want, atol_for(&case)) {
                 return Outcome::Failed(format!("{}: {m}", set.file_name().unwrap_or_default().to_string_lossy()));
             }
         }
