@@ -25,7 +25,14 @@ fn tmp(name: &str) -> PathBuf {
 #[test]
 fn run_shipped_model_prints_outputs_and_writes_npy() {
     let out_dir = tmp("out");
-    let o = floe(&["run", &repo("examples/models/keyword_cnn.onnx"), "--dim", "T=100", "--output-dir", out_dir.to_str().unwrap()]);
+    let o = floe(&[
+        "run",
+        &repo("examples/models/keyword_cnn.onnx"),
+        "--dim",
+        "T=100",
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+    ]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("output logits") && t.contains("[1, 12]"), "{t}");
@@ -37,7 +44,8 @@ fn run_shipped_model_prints_outputs_and_writes_npy() {
 fn run_with_reference_input_reproduces_onnxruntime() {
     let out_dir = tmp("ref");
     let input = format!("x={}", repo("examples/models/mlp/input_0_x.npy"));
-    let o = floe(&["run", &repo("examples/models/mlp.onnx"), "--input", &input, "--output-dir", out_dir.to_str().unwrap()]);
+    let o =
+        floe(&["run", &repo("examples/models/mlp.onnx"), "--input", &input, "--output-dir", out_dir.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let got = floe_engine::npy::read(&out_dir.join("y.npy")).unwrap().to_f64_vec();
     let want = floe_engine::npy::read(Path::new(&repo("examples/models/mlp/output_0_y.npy"))).unwrap().to_f64_vec();
@@ -71,7 +79,10 @@ fn unsupported_ops_are_all_listed() {
     let vi = |name: &str| ValueInfoProto {
         name: name.into(),
         r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: 1, shape: Some(TensorShapeProto { dim: vec![] }) })),
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(TensorShapeProto { dim: vec![] }),
+            })),
             ..Default::default()
         }),
         ..Default::default()
@@ -80,7 +91,12 @@ fn unsupported_ops_are_all_listed() {
         ir_version: 8,
         opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 18 }],
         graph: Some(GraphProto {
-            node: vec![n("Warp", "", "x", "a"), n("Relu", "", "a", "b"), n("Zap", "", "b", "c"), n("Frob", "org.acme", "c", "y")],
+            node: vec![
+                n("Warp", "", "x", "a"),
+                n("Relu", "", "a", "b"),
+                n("Zap", "", "b", "c"),
+                n("Frob", "org.acme", "c", "y"),
+            ],
             input: vec![vi("x")],
             output: vec![vi("y")],
             ..Default::default()
@@ -116,7 +132,10 @@ fn inspect_shows_symbolic_inputs_and_histogram() {
     let o = floe(&["inspect", &repo("examples/models/transformer_encoder.onnx")]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    assert!(t.contains("hidden") && t.contains("[1, S, 64]") && t.contains("Softmax") && t.contains("parameters:"), "{t}");
+    assert!(
+        t.contains("hidden") && t.contains("[1, S, 64]") && t.contains("Softmax") && t.contains("parameters:"),
+        "{t}"
+    );
 }
 
 #[test]

@@ -175,7 +175,11 @@ pub fn run_case_guarded(dir: &Path) -> Outcome {
     match std::panic::catch_unwind(move || run_case(&d)) {
         Ok(o) => o,
         Err(p) => {
-            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
             Outcome::Failed(format!("panicked: {msg}"))
         }
     }

@@ -71,7 +71,9 @@ fn lstm_matches_onnxruntime() {
 fn transformer_shape_chains_fold_to_constants_when_shapes_are_bound() {
     let model = floe_convert::load(models_dir().join("transformer_encoder.onnx")).unwrap();
     let g = &model.graph;
-    let shape_nodes = |g: &floe_engine::Graph| g.nodes.iter().filter(|n| matches!(n.op.name(), "Shape" | "Gather" | "Concat")).count();
+    let shape_nodes = |g: &floe_engine::Graph| {
+        g.nodes.iter().filter(|n| matches!(n.op.name(), "Shape" | "Gather" | "Concat")).count()
+    };
     // With S symbolic the Shape -> Gather -> Concat chains stay ...
     assert!(shape_nodes(g) > 0);
     // ... and once S is bound, planning folds all of them into constants.

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tract_onnx::pb::{
     tensor_shape_proto::{dimension::Value as DimValue, Dimension},
-    type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto,
-    TypeProto, ValueInfoProto,
+    type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
 fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
@@ -20,7 +20,12 @@ fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
         r#type: Some(TypeProto {
             value: Some(type_proto::Value::TensorType(type_proto::Tensor {
                 elem_type: 1,
-                shape: Some(TensorShapeProto { dim: dims.iter().map(|&d| Dimension { value: Some(DimValue::DimValue(d)), ..Default::default() }).collect() }),
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| Dimension { value: Some(DimValue::DimValue(d)), ..Default::default() })
+                        .collect(),
+                }),
             })),
             ..Default::default()
         }),
@@ -39,11 +44,23 @@ fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str], domain: &str) -
     }
 }
 
-fn model(nodes: Vec<NodeProto>, inits: Vec<TensorProto>, inputs: Vec<ValueInfoProto>, outputs: Vec<ValueInfoProto>) -> ModelProto {
+fn model(
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+    inputs: Vec<ValueInfoProto>,
+    outputs: Vec<ValueInfoProto>,
+) -> ModelProto {
     ModelProto {
         ir_version: 8,
         opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17 }],
-        graph: Some(GraphProto { node: nodes, initializer: inits, input: inputs, output: outputs, name: "g".into(), ..Default::default() }),
+        graph: Some(GraphProto {
+            node: nodes,
+            initializer: inits,
+            input: inputs,
+            output: outputs,
+            name: "g".into(),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -85,7 +102,10 @@ fn unsupported_ops_are_all_listed_in_one_error() {
     let names: Vec<&str> = ops.iter().map(|o| o.op_type.as_str()).collect();
     assert_eq!(names, vec!["Custom", "FancyOp", "ImageDecoder"], "each unsupported op once, sorted");
     let msg = err.to_string();
-    assert!(msg.contains("m.onnx") && msg.contains("FancyOp") && msg.contains("com.example") && msg.contains("opset 17"), "{msg}");
+    assert!(
+        msg.contains("m.onnx") && msg.contains("FancyOp") && msg.contains("com.example") && msg.contains("opset 17"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -128,7 +148,12 @@ fn external_model() -> ModelProto {
         ],
         ..Default::default()
     };
-    model(vec![node("Add", "add", &["x", "w"], &["y"], "")], vec![w], vec![value_info("x", &[2])], vec![value_info("y", &[2])])
+    model(
+        vec![node("Add", "add", &["x", "w"], &["y"], "")],
+        vec![w],
+        vec![value_info("x", &[2])],
+        vec![value_info("y", &[2])],
+    )
 }
 
 #[test]
@@ -161,12 +186,22 @@ fn external_data_is_read_at_its_offset() {
 
 #[test]
 fn dangling_value_names_node_and_value() {
-    let m = model(vec![node("Add", "the_add", &["x", "nowhere"], &["y"], "")], vec![], vec![value_info("x", &[2])], vec![value_info("y", &[2])]);
+    let m = model(
+        vec![node("Add", "the_add", &["x", "nowhere"], &["y"], "")],
+        vec![],
+        vec![value_info("x", &[2])],
+        vec![value_info("y", &[2])],
+    );
     let dir = tmpdir("dangling");
     let p = write(&dir, "d.onnx", &m);
     let msg = floe_convert::load(&p).unwrap_err().to_string();
     assert!(msg.contains("d.onnx") && msg.contains("the_add") && msg.contains("nowhere"), "{msg}");
-    let m = model(vec![node("Relu", "r", &["x"], &["y"], "")], vec![], vec![value_info("x", &[2])], vec![value_info("z", &[2])]);
+    let m = model(
+        vec![node("Relu", "r", &["x"], &["y"], "")],
+        vec![],
+        vec![value_info("x", &[2])],
+        vec![value_info("z", &[2])],
+    );
     let msg = floe_convert::load(write(&dir, "d2.onnx", &m)).unwrap_err().to_string();
     assert!(msg.contains("'z'"), "{msg}");
 }

@@ -227,17 +227,50 @@ impl Element for f16 {
 macro_rules! dispatch_numeric {
     ($dt:expr, $t:ident => $body:expr, bool => $bool_body:expr) => {
         match $dt {
-            $crate::DType::F32 => { type $t = f32; $body }
-            $crate::DType::F16 => { type $t = $crate::half::f16; $body }
-            $crate::DType::F64 => { type $t = f64; $body }
-            $crate::DType::I8 => { type $t = i8; $body }
-            $crate::DType::U8 => { type $t = u8; $body }
-            $crate::DType::I16 => { type $t = i16; $body }
-            $crate::DType::I32 => { type $t = i32; $body }
-            $crate::DType::I64 => { type $t = i64; $body }
-            $crate::DType::U16 => { type $t = u16; $body }
-            $crate::DType::U32 => { type $t = u32; $body }
-            $crate::DType::U64 => { type $t = u64; $body }
+            $crate::DType::F32 => {
+                type $t = f32;
+                $body
+            }
+            $crate::DType::F16 => {
+                type $t = $crate::half::f16;
+                $body
+            }
+            $crate::DType::F64 => {
+                type $t = f64;
+                $body
+            }
+            $crate::DType::I8 => {
+                type $t = i8;
+                $body
+            }
+            $crate::DType::U8 => {
+                type $t = u8;
+                $body
+            }
+            $crate::DType::I16 => {
+                type $t = i16;
+                $body
+            }
+            $crate::DType::I32 => {
+                type $t = i32;
+                $body
+            }
+            $crate::DType::I64 => {
+                type $t = i64;
+                $body
+            }
+            $crate::DType::U16 => {
+                type $t = u16;
+                $body
+            }
+            $crate::DType::U32 => {
+                type $t = u32;
+                $body
+            }
+            $crate::DType::U64 => {
+                type $t = u64;
+                $body
+            }
             $crate::DType::Bool => $bool_body,
         }
     };
@@ -248,9 +281,18 @@ macro_rules! dispatch_numeric {
 macro_rules! dispatch_float {
     ($dt:expr, $t:ident => $body:expr, _ => $other:expr) => {
         match $dt {
-            $crate::DType::F32 => { type $t = f32; $body }
-            $crate::DType::F16 => { type $t = $crate::half::f16; $body }
-            $crate::DType::F64 => { type $t = f64; $body }
+            $crate::DType::F32 => {
+                type $t = f32;
+                $body
+            }
+            $crate::DType::F16 => {
+                type $t = $crate::half::f16;
+                $body
+            }
+            $crate::DType::F64 => {
+                type $t = f64;
+                $body
+            }
             _ => $other,
         }
     };

@@ -156,7 +156,11 @@ fn check_compatible(name: &str, declared: &Shape, actual: &[usize]) -> Result<()
     if ok {
         Ok(())
     } else {
-        Err(Error::Input { name: name.to_string(), expected: format!("shape {declared}"), actual: format!("{actual:?}") })
+        Err(Error::Input {
+            name: name.to_string(),
+            expected: format!("shape {declared}"),
+            actual: format!("{actual:?}"),
+        })
     }
 }
 
@@ -183,7 +187,11 @@ impl Session {
 
     /// Like [`run`](Self::run), calling `observe(node_index, elapsed)` after each
     /// node (for per-op timing tables).
-    pub fn run_with(&mut self, inputs: Vec<Tensor>, mut observe: impl FnMut(usize, std::time::Duration)) -> Result<Vec<Tensor>> {
+    pub fn run_with(
+        &mut self,
+        inputs: Vec<Tensor>,
+        mut observe: impl FnMut(usize, std::time::Duration),
+    ) -> Result<Vec<Tensor>> {
         let plan = self.plan.clone();
         if inputs.len() != plan.inputs.len() {
             let names: Vec<&str> = plan.inputs.iter().map(|(_, p)| p.name.as_str()).collect();
@@ -196,10 +204,18 @@ impl Session {
         }
         for ((id, p), t) in plan.inputs.iter().zip(inputs) {
             if t.dtype() != p.dtype {
-                return Err(Error::Input { name: p.name.clone(), expected: format!("dtype {}", p.dtype), actual: format!("dtype {}", t.dtype()) });
+                return Err(Error::Input {
+                    name: p.name.clone(),
+                    expected: format!("dtype {}", p.dtype),
+                    actual: format!("dtype {}", t.dtype()),
+                });
             }
             if t.shape() != p.shape.as_slice() {
-                return Err(Error::Input { name: p.name.clone(), expected: format!("shape {:?}", p.shape), actual: format!("shape {:?}", t.shape()) });
+                return Err(Error::Input {
+                    name: p.name.clone(),
+                    expected: format!("shape {:?}", p.shape),
+                    actual: format!("shape {:?}", t.shape()),
+                });
             }
             self.slots[*id] = Some(t);
         }
@@ -214,8 +230,11 @@ impl Session {
                         Some(i) => match self.slots[*i].as_ref() {
                             Some(t) => ins.push(Some(t)),
                             None => {
-                                return Err(Error::Invalid(format!("value '{}' is not available", plan.graph.values[*i].name))
-                                    .in_node(&node.name, node.op.name()))
+                                return Err(Error::Invalid(format!(
+                                    "value '{}' is not available",
+                                    plan.graph.values[*i].name
+                                ))
+                                .in_node(&node.name, node.op.name()))
                             }
                         },
                     }
@@ -224,8 +243,12 @@ impl Session {
                 node.op.eval(&ctx, &ins).map_err(|e| e.in_node(&node.name, node.op.name()))?
             };
             if outs.len() < step.outputs.len() {
-                return Err(Error::Invalid(format!("produced {} outputs, {} expected", outs.len(), step.outputs.len()))
-                    .in_node(&node.name, node.op.name()));
+                return Err(Error::Invalid(format!(
+                    "produced {} outputs, {} expected",
+                    outs.len(),
+                    step.outputs.len()
+                ))
+                .in_node(&node.name, node.op.name()));
             }
             for (&o, t) in step.outputs.iter().zip(outs) {
                 self.slots[o] = Some(t);
@@ -237,9 +260,9 @@ impl Session {
         }
         let mut result = Vec::with_capacity(plan.outputs.len());
         for &o in &plan.outputs {
-            let t = self.slots[o].clone().ok_or_else(|| {
-                Error::Invalid(format!("output '{}' was not produced", plan.graph.values[o].name))
-            })?;
+            let t = self.slots[o]
+                .clone()
+                .ok_or_else(|| Error::Invalid(format!("output '{}' was not produced", plan.graph.values[o].name)))?;
             result.push(t);
         }
         for (id, _) in &plan.inputs {

@@ -15,10 +15,10 @@ pub mod shape;
 pub mod tensor;
 
 pub use dtype::{DType, Element};
-pub use half;
 pub use error::{Error, Result};
 pub use exec::{Plan, Session};
 pub use graph::{Graph, Node, Value, ValueId};
+pub use half;
 pub use ops::Op;
 pub use shape::{Dim, Fact, Shape};
 pub use tensor::Tensor;

@@ -17,10 +17,7 @@ pub enum Storage {
     /// Heap bytes owned by this process (8-byte aligned words; `len` bytes used).
     Owned(Arc<Vec<u64>>),
     /// A byte range of a shared, immutable source such as a memory map.
-    Borrowed {
-        source: Arc<dyn AsRef<[u8]> + Send + Sync>,
-        offset: usize,
-    },
+    Borrowed { source: Arc<dyn AsRef<[u8]> + Send + Sync>, offset: usize },
 }
 
 /// A dense, row-major tensor.
@@ -35,9 +32,10 @@ pub struct Tensor {
 
 /// Number of elements of a shape, or an error if it overflows `usize`.
 pub fn checked_numel(shape: &[usize]) -> Result<usize> {
-    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
-        Error::Invalid(format!("shape {shape:?} has more elements than this machine can address"))
-    })
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::Invalid(format!("shape {shape:?} has more elements than this machine can address")))
 }
 
 /// Largest tensor (in bytes) floe will allocate: guards against absurd shapes in
@@ -51,15 +49,8 @@ impl Tensor {
         let len = numel
             .checked_mul(dtype.size())
             .filter(|&l| l <= MAX_TENSOR_BYTES)
-            .ok_or_else(|| {
-                Error::Invalid(format!("tensor of shape {shape:?} and dtype {dtype} is too large"))
-            })?;
-        Ok(Tensor {
-            dtype,
-            shape: shape.to_vec(),
-            storage: Storage::Owned(Arc::new(vec![0u64; len.div_ceil(8)])),
-            len,
-        })
+            .ok_or_else(|| Error::Invalid(format!("tensor of shape {shape:?} and dtype {dtype} is too large")))?;
+        Ok(Tensor { dtype, shape: shape.to_vec(), storage: Storage::Owned(Arc::new(vec![0u64; len.div_ceil(8)])), len })
     }
 
     /// A tensor from typed values; `data.len()` must match the shape.
@@ -86,10 +77,7 @@ impl Tensor {
         let bytes: Vec<u8> = data.iter().map(|&b| b as u8).collect();
         let mut t = Tensor::zeros(DType::Bool, shape)?;
         if bytes.len() != t.numel() {
-            return Err(Error::Invalid(format!(
-                "{} values given for shape {shape:?}",
-                bytes.len()
-            )));
+            return Err(Error::Invalid(format!("{} values given for shape {shape:?}", bytes.len())));
         }
         t.bytes_mut().copy_from_slice(&bytes);
         Ok(t)
@@ -173,7 +161,9 @@ impl Tensor {
         }
         let len = self.len;
         match &mut self.storage {
-            Storage::Owned(words) => &mut bytemuck::cast_slice_mut::<u64, u8>(Arc::make_mut(words).as_mut_slice())[..len],
+            Storage::Owned(words) => {
+                &mut bytemuck::cast_slice_mut::<u64, u8>(Arc::make_mut(words).as_mut_slice())[..len]
+            }
             Storage::Borrowed { .. } => unreachable!("converted to owned above"),
         }
     }

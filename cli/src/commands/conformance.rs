@@ -29,7 +29,11 @@ pub struct ConformanceArgs {
 pub fn run(a: ConformanceArgs) -> Result<ExitCode> {
     let cases = list_cases(&a.dir).with_context(|| format!("cannot read {}", a.dir.display()))?;
     let expected: HashMap<String, String> = match &a.expect {
-        Some(p) => parse_expectations(&std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?).into_iter().collect(),
+        Some(p) => {
+            parse_expectations(&std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?)
+                .into_iter()
+                .collect()
+        }
         None => HashMap::new(),
     };
     let (mut passed, mut failed, mut unsupported) = (0, 0, 0);
@@ -59,9 +63,13 @@ pub fn run(a: ConformanceArgs) -> Result<ExitCode> {
         }
         lines.push(format!("{name} {}", o.label()));
     }
-    println!("conformance: {passed} passed, {failed} failed, {unsupported} unsupported ({} cases)", passed + failed + unsupported);
+    println!(
+        "conformance: {passed} passed, {failed} failed, {unsupported} unsupported ({} cases)",
+        passed + failed + unsupported
+    );
     if let Some(p) = &a.write_expect {
-        let text = format!("# ONNX node conformance expectations (floe conformance --write-expect)\n{}\n", lines.join("\n"));
+        let text =
+            format!("# ONNX node conformance expectations (floe conformance --write-expect)\n{}\n", lines.join("\n"));
         std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
     }
     if !regressions.is_empty() {

@@ -15,7 +15,8 @@ pub fn run(a: InspectArgs) -> Result<ExitCode> {
     let s = floe_convert::onnx::summary::summarize(&a.model)?;
     println!("model:     {}", a.model.display());
     println!("ir:        {}  producer: {}", s.ir_version, if s.producer.is_empty() { "?" } else { &s.producer });
-    let ops: Vec<String> = s.opsets.iter().map(|(d, v)| format!("{}={v}", if d.is_empty() { "ai.onnx" } else { d })).collect();
+    let ops: Vec<String> =
+        s.opsets.iter().map(|(d, v)| format!("{}={v}", if d.is_empty() { "ai.onnx" } else { d })).collect();
     println!("opsets:    {}", ops.join(", "));
     match floe_convert::onnx::load(&a.model) {
         Ok(m) => {

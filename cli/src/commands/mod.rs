@@ -64,7 +64,9 @@ pub fn random_tensor(dtype: DType, shape: &[usize], rng: &mut Rng) -> Result<Ten
         return Ok(Tensor::from_bools(shape, &v)?);
     }
     fn fill<T: Element>(shape: &[usize], n: usize, rng: &mut Rng, float: bool) -> Result<Tensor> {
-        let v: Vec<T> = (0..n).map(|_| if float { T::from_f64(rng.next_f64()) } else { T::from_i64((rng.next_u64() % 10) as i64) }).collect();
+        let v: Vec<T> = (0..n)
+            .map(|_| if float { T::from_f64(rng.next_f64()) } else { T::from_i64((rng.next_u64() % 10) as i64) })
+            .collect();
         Ok(Tensor::from_vec(shape, v)?)
     }
     let float = dtype.is_float();

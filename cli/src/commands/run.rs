@@ -62,7 +62,10 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(&a.output_dir).with_context(|| format!("cannot create {}", a.output_dir.display()))?;
     for (name, t) in plan.output_names().iter().zip(&outs) {
         println!("output {:<20} {} {:?}  {}", name, t.dtype(), t.shape(), stats(t));
-        let file: String = name.chars().map(|c| if c.is_alphanumeric() || c == '_' || c == '-' || c == '.' { c } else { '_' }).collect();
+        let file: String = name
+            .chars()
+            .map(|c| if c.is_alphanumeric() || c == '_' || c == '-' || c == '.' { c } else { '_' })
+            .collect();
         let path = a.output_dir.join(format!("{file}.npy"));
         floe_engine::npy::write(&path, t)?;
     }

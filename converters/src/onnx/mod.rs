@@ -69,7 +69,8 @@ pub fn load_bytes(bytes: &[u8], path: &Path, base_dir: Option<&Path>) -> Result<
     let registry = Registry::onnx();
     let mut unsupported = Vec::new();
     find_unsupported(graph_proto, &registry, &opsets, &mut unsupported);
-    let mut imp = Importer { registry: &registry, opsets: &opsets, base_dir, path: p.clone(), unsupported, error: None };
+    let mut imp =
+        Importer { registry: &registry, opsets: &opsets, base_dir, path: p.clone(), unsupported, error: None };
     let graph = imp.graph(graph_proto, &[]);
     if !imp.unsupported.is_empty() {
         let mut ops = imp.unsupported;
@@ -83,21 +84,37 @@ pub fn load_bytes(bytes: &[u8], path: &Path, base_dir: Option<&Path>) -> Result<
     let mut graph = graph.ok_or_else(|| ImportError::Model { path: p.clone(), msg: "import failed".into() })?;
     graph.validate().map_err(|e| ImportError::Model { path: p.clone(), msg: e.to_string() })?;
     infer_and_fold(&mut graph, FoldOptions::default()).map_err(|e| match e {
-        floe_engine::Error::Node { node, op, source } => ImportError::Node { path: p.clone(), node, op, msg: source.to_string() },
+        floe_engine::Error::Node { node, op, source } => {
+            ImportError::Node { path: p.clone(), node, op, msg: source.to_string() }
+        }
         other => ImportError::Model { path: p.clone(), msg: other.to_string() },
     })?;
     let mut opsets: Vec<(String, i64)> = opsets.into_iter().collect();
     opsets.sort();
-    Ok(ImportedModel { graph, opset, opsets, ir_version: model.ir_version, producer: model.producer_name.clone(), path: p })
+    Ok(ImportedModel {
+        graph,
+        opset,
+        opsets,
+        ir_version: model.ir_version,
+        producer: model.producer_name.clone(),
+        path: p,
+    })
 }
 
 fn find_unsupported(g: &GraphProto, reg: &Registry, opsets: &HashMap<String, i64>, out: &mut Vec<UnsupportedOp>) {
     for n in &g.node {
         let dom = if n.domain == "ai.onnx" { "" } else { n.domain.as_str() };
         let version = opsets.get(dom).copied().unwrap_or(0);
-        let known = n.op_type == "Constant" && dom.is_empty() || reg.get(dom, &n.op_type).is_some_and(|d| version >= d.since);
+        let known =
+            n.op_type == "Constant" && dom.is_empty() || reg.get(dom, &n.op_type).is_some_and(|d| version >= d.since);
         if !known {
-            out.push(UnsupportedOp { op_type: n.op_type.clone(), domain: dom.to_string(), opset: version, detail: None, node: n.name.clone() });
+            out.push(UnsupportedOp {
+                op_type: n.op_type.clone(),
+                domain: dom.to_string(),
+                opset: version,
+                detail: None,
+                node: n.name.clone(),
+            });
         }
         for a in &n.attribute {
             if let Some(sub) = &a.g {
@@ -158,8 +175,14 @@ fn fact_of(v: &ValueInfoProto) -> Result<Fact, String> {
                     s.dim
                         .iter()
                         .map(|d| match &d.value {
-                            Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(n)) if *n >= 0 => Dim::Fixed(*n as usize),
-                            Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimParam(p)) if !p.is_empty() => Dim::Sym(p.clone()),
+                            Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimValue(n)) if *n >= 0 => {
+                                Dim::Fixed(*n as usize)
+                            }
+                            Some(tract_onnx::pb::tensor_shape_proto::dimension::Value::DimParam(p))
+                                if !p.is_empty() =>
+                            {
+                                Dim::Sym(p.clone())
+                            }
                             _ => Dim::Unknown,
                         })
                         .collect(),
@@ -193,27 +216,37 @@ impl Importer<'_> {
     }
 
     fn unsupported_value(&mut self, what: &str, msg: String, node: &str) {
-        self.unsupported.push(UnsupportedOp { op_type: what.to_string(), domain: String::new(), opset: *self.opsets.get("").unwrap_or(&0), detail: Some(msg), node: node.to_string() });
+        self.unsupported.push(UnsupportedOp {
+            op_type: what.to_string(),
+            domain: String::new(),
+            opset: *self.opsets.get("").unwrap_or(&0),
+            detail: Some(msg),
+            node: node.to_string(),
+        });
     }
 
     /// Imports one graph; `captures` are outer names appended as extra inputs.
     fn graph(&mut self, gp: &GraphProto, captures: &[String]) -> Option<Graph> {
         let mut g = Graph::default();
         let mut names: HashMap<String, usize> = HashMap::new();
-        let value_info: HashMap<&str, &ValueInfoProto> = gp.value_info.iter().chain(gp.output.iter()).map(|v| (v.name.as_str(), v)).collect();
+        let value_info: HashMap<&str, &ValueInfoProto> =
+            gp.value_info.iter().chain(gp.output.iter()).map(|v| (v.name.as_str(), v)).collect();
         for t in &gp.initializer {
             match tensor_from_proto(t, self.base_dir) {
                 Ok(tensor) => {
                     let id = g.add_const(t.name.clone(), tensor);
                     names.insert(t.name.clone(), id);
                 }
-                Err(TensorError::Unsupported(m)) => self.unsupported_value("initializer", format!("'{}': {m}", t.name), &t.name),
+                Err(TensorError::Unsupported(m)) => {
+                    self.unsupported_value("initializer", format!("'{}': {m}", t.name), &t.name)
+                }
                 Err(TensorError::External { file, msg }) => {
                     let e = ImportError::ExternalData { path: self.path.clone(), tensor: t.name.clone(), file, msg };
                     self.fail(e)
                 }
                 Err(TensorError::Invalid(m)) => {
-                    let e = ImportError::Model { path: self.path.clone(), msg: format!("initializer '{}': {m}", t.name) };
+                    let e =
+                        ImportError::Model { path: self.path.clone(), msg: format!("initializer '{}': {m}", t.name) };
                     self.fail(e)
                 }
             }
@@ -250,7 +283,13 @@ impl Importer<'_> {
                             names.insert(out.clone(), id);
                         }
                     }
-                    Err(ConvError::Unsupported(m)) => self.unsupported.push(UnsupportedOp { op_type: "Constant".into(), domain: String::new(), opset, detail: Some(m), node: node_name.clone() }),
+                    Err(ConvError::Unsupported(m)) => self.unsupported.push(UnsupportedOp {
+                        op_type: "Constant".into(),
+                        domain: String::new(),
+                        opset,
+                        detail: Some(m),
+                        node: node_name.clone(),
+                    }),
                     Err(ConvError::Invalid(m)) => {
                         let e = self.node_err(&node_name, "Constant", m);
                         self.fail(e)
@@ -288,7 +327,13 @@ impl Importer<'_> {
             let op = match converted {
                 Ok(op) => op,
                 Err(ConvError::Unsupported(m)) => {
-                    self.unsupported.push(UnsupportedOp { op_type: node.op_type.clone(), domain: dom.to_string(), opset, detail: Some(m), node: node_name.clone() });
+                    self.unsupported.push(UnsupportedOp {
+                        op_type: node.op_type.clone(),
+                        domain: dom.to_string(),
+                        opset,
+                        detail: Some(m),
+                        node: node_name.clone(),
+                    });
                     continue;
                 }
                 Err(ConvError::Invalid(m)) => {
@@ -339,7 +384,10 @@ impl Importer<'_> {
                 }
                 None => {
                     if self.unsupported.is_empty() {
-                        let e = ImportError::Model { path: self.path.clone(), msg: format!("graph output '{}' is not produced by any node (dangling value)", o.name) };
+                        let e = ImportError::Model {
+                            path: self.path.clone(),
+                            msg: format!("graph output '{}' is not produced by any node (dangling value)", o.name),
+                        };
                         self.fail(e);
                     }
                 }

@@ -79,9 +79,7 @@ impl<'a> NodeCtx<'a> {
     }
 
     pub fn string(&self, name: &str) -> ConvResult<Option<String>> {
-        Ok(self
-            .typed(name, AttributeType::String)?
-            .map(|a| String::from_utf8_lossy(&a.s).into_owned()))
+        Ok(self.typed(name, AttributeType::String)?.map(|a| String::from_utf8_lossy(&a.s).into_owned()))
     }
 
     pub fn strings(&self, name: &str) -> ConvResult<Option<Vec<String>>> {
@@ -96,7 +94,9 @@ impl<'a> NodeCtx<'a> {
             Some(a) => match &a.t {
                 None => Err(ConvError::Invalid(format!("attribute '{name}' holds no tensor"))),
                 Some(t) => tensor_from_proto(t, None).map(Some).map_err(|e| match e {
-                    super::tensor::TensorError::Unsupported(m) => ConvError::Unsupported(format!("attribute '{name}': {m}")),
+                    super::tensor::TensorError::Unsupported(m) => {
+                        ConvError::Unsupported(format!("attribute '{name}': {m}"))
+                    }
                     other => ConvError::Invalid(format!("attribute '{name}': {other:?}")),
                 }),
             },

@@ -21,7 +21,11 @@ pub struct ProtoSummary {
 fn count(g: &GraphProto, h: &mut BTreeMap<String, usize>, n: &mut usize) {
     for node in &g.node {
         *n += 1;
-        let key = if node.domain.is_empty() || node.domain == "ai.onnx" { node.op_type.clone() } else { format!("{}:{}", node.domain, node.op_type) };
+        let key = if node.domain.is_empty() || node.domain == "ai.onnx" {
+            node.op_type.clone()
+        } else {
+            format!("{}:{}", node.domain, node.op_type)
+        };
         *h.entry(key).or_insert(0) += 1;
         for a in &node.attribute {
             for sub in a.g.iter().chain(a.graphs.iter()) {
@@ -34,8 +38,12 @@ fn count(g: &GraphProto, h: &mut BTreeMap<String, usize>, n: &mut usize) {
 /// Decodes `path` and summarises it.
 pub fn summarize(path: &Path) -> Result<ProtoSummary, ImportError> {
     let bytes = std::fs::read(path).map_err(|source| ImportError::Io { path: path.to_path_buf(), source })?;
-    let model = ModelProto::decode(bytes.as_slice()).map_err(|e| ImportError::Decode { path: path.to_path_buf(), msg: e.to_string() })?;
-    let g = model.graph.as_ref().ok_or_else(|| ImportError::Decode { path: path.to_path_buf(), msg: "the model holds no graph".into() })?;
+    let model = ModelProto::decode(bytes.as_slice())
+        .map_err(|e| ImportError::Decode { path: path.to_path_buf(), msg: e.to_string() })?;
+    let g = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| ImportError::Decode { path: path.to_path_buf(), msg: "the model holds no graph".into() })?;
     let mut opsets: HashMap<String, i64> = HashMap::new();
     for o in &model.opset_import {
         opsets.insert(if o.domain == "ai.onnx" { String::new() } else { o.domain.clone() }, o.version);
@@ -49,5 +57,12 @@ pub fn summarize(path: &Path) -> Result<ProtoSummary, ImportError> {
     unsupported.dedup_by(|a, b| a.op_type == b.op_type && a.domain == b.domain);
     let mut opsets: Vec<(String, i64)> = opsets.into_iter().collect();
     opsets.sort();
-    Ok(ProtoSummary { ir_version: model.ir_version, producer: model.producer_name.clone(), opsets, op_histogram, unsupported, node_count })
+    Ok(ProtoSummary {
+        ir_version: model.ir_version,
+        producer: model.producer_name.clone(),
+        opsets,
+        op_histogram,
+        unsupported,
+        node_count,
+    })
 }

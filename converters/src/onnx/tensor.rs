@@ -43,7 +43,9 @@ pub fn onnx_type_name(code: i32) -> String {
         24 => "FLOAT8E8M0",
         25 => "UINT2",
         26 => "INT2",
-        _ => return dtype_from_onnx(code).map(|d| d.name().to_string()).unwrap_or_else(|_| format!("type code {code}")),
+        _ => {
+            return dtype_from_onnx(code).map(|d| d.name().to_string()).unwrap_or_else(|_| format!("type code {code}"))
+        }
     }
     .to_string()
 }

@@ -14,10 +14,7 @@ pub fn broadcast_shapes(shapes: &[&[usize]]) -> Result<Vec<usize>> {
             if *o == 1 {
                 *o = d;
             } else if d != 1 && d != *o {
-                return Err(Error::Shape(format!(
-                    "shapes {:?} cannot be broadcast together",
-                    shapes
-                )));
+                return Err(Error::Shape(format!("shapes {:?} cannot be broadcast together", shapes)));
             }
         }
     }
@@ -52,9 +49,7 @@ pub fn broadcast_facts(shapes: &[&Shape]) -> Result<Shape> {
 pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
     let own = super::strides(shape);
     let off = out.len() - shape.len();
-    (0..out.len())
-        .map(|i| if i < off || shape[i - off] == 1 { 0 } else { own[i - off] })
-        .collect()
+    (0..out.len()).map(|i| if i < off || shape[i - off] == 1 { 0 } else { own[i - off] }).collect()
 }
 
 /// For every element of `out` (row-major), the source offset into a tensor of

@@ -4,13 +4,13 @@
 //! Reference: ONNX spec for If (v1-v24), Loop (v1-v24), Scan (v9-v24).
 
 use super::{input, opt_input, EvalCtx, InferInput, OpImpl};
+use crate::bail;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::exec::run_graph;
 use crate::graph::Graph;
 use crate::shape::Fact;
 use crate::tensor::Tensor;
-use crate::bail;
 
 #[derive(Clone, Debug)]
 pub enum ControlOp {
@@ -73,8 +73,10 @@ fn eval_loop(body: &Graph, n_caps: usize, inputs: &[Option<&Tensor>], n_out: usi
         None => true,
     };
     let n_carried = inputs.len().saturating_sub(2 + n_caps);
-    let mut carried: Vec<Tensor> = (0..n_carried).map(|i| input(inputs, 2 + i, "loop-carried value").cloned()).collect::<Result<_>>()?;
-    let caps: Vec<Tensor> = (0..n_caps).map(|i| input(inputs, 2 + n_carried + i, "captured value").cloned()).collect::<Result<_>>()?;
+    let mut carried: Vec<Tensor> =
+        (0..n_carried).map(|i| input(inputs, 2 + i, "loop-carried value").cloned()).collect::<Result<_>>()?;
+    let caps: Vec<Tensor> =
+        (0..n_caps).map(|i| input(inputs, 2 + n_carried + i, "captured value").cloned()).collect::<Result<_>>()?;
     let n_scan = body.outputs.len().saturating_sub(1 + n_carried);
     let mut scans: Vec<Vec<Tensor>> = vec![Vec::new(); n_scan];
     if max_trip.is_none() && opt_input(inputs, 1).is_none() {
@@ -118,8 +120,10 @@ fn eval_scan(
     inputs: &[Option<&Tensor>],
 ) -> Result<Vec<Tensor>> {
     let n_state = inputs.len().saturating_sub(m + n_caps);
-    let mut state: Vec<Tensor> = (0..n_state).map(|i| input(inputs, i, "initial state").cloned()).collect::<Result<_>>()?;
-    let caps: Vec<Tensor> = (0..n_caps).map(|i| input(inputs, n_state + m + i, "captured value").cloned()).collect::<Result<_>>()?;
+    let mut state: Vec<Tensor> =
+        (0..n_state).map(|i| input(inputs, i, "initial state").cloned()).collect::<Result<_>>()?;
+    let caps: Vec<Tensor> =
+        (0..n_caps).map(|i| input(inputs, n_state + m + i, "captured value").cloned()).collect::<Result<_>>()?;
     // Each scan input with its scan axis moved to the front.
     let mut seqs = Vec::with_capacity(m);
     for j in 0..m {
@@ -180,7 +184,8 @@ impl OpImpl for ControlOp {
             ControlOp::Loop { body, .. } | ControlOp::Scan { body, .. } => body,
         };
         let skip = usize::from(matches!(self, ControlOp::Loop { .. }));
-        let mut v: Vec<Fact> = body.outputs.iter().skip(skip).map(|&o| Fact::dtype_only_opt(body.values[o].fact.dtype)).collect();
+        let mut v: Vec<Fact> =
+            body.outputs.iter().skip(skip).map(|&o| Fact::dtype_only_opt(body.values[o].fact.dtype)).collect();
         v.resize(n, Fact::unknown());
         Ok(v)
     }
@@ -189,14 +194,33 @@ impl OpImpl for ControlOp {
         match self {
             ControlOp::If { then_branch, else_branch } => {
                 let cond = scalar_bool(input(inputs, 0, "cond")?, "If cond")?;
-                let caps: Vec<Tensor> = inputs[1..].iter().map(|t| t.cloned().ok_or_else(|| Error::Invalid("missing captured value".into()))).collect::<Result<_>>()?;
+                let caps: Vec<Tensor> = inputs[1..]
+                    .iter()
+                    .map(|t| t.cloned().ok_or_else(|| Error::Invalid("missing captured value".into())))
+                    .collect::<Result<_>>()?;
                 let g = if cond { then_branch } else { else_branch };
-                run_graph(g, caps).map_err(|e| Error::Invalid(format!("{} branch: {e}", if cond { "then" } else { "else" })))
+                run_graph(g, caps)
+                    .map_err(|e| Error::Invalid(format!("{} branch: {e}", if cond { "then" } else { "else" })))
             }
             ControlOp::Loop { body, n_captures } => eval_loop(body, *n_captures, inputs, ctx.n_outputs),
-            ControlOp::Scan { body, n_captures, num_scan_inputs, input_axes, input_reverse, output_axes, output_reverse } => {
-                eval_scan(body, *n_captures, *num_scan_inputs, input_axes, input_reverse, output_axes, output_reverse, inputs)
-            }
+            ControlOp::Scan {
+                body,
+                n_captures,
+                num_scan_inputs,
+                input_axes,
+                input_reverse,
+                output_axes,
+                output_reverse,
+            } => eval_scan(
+                body,
+                *n_captures,
+                *num_scan_inputs,
+                input_axes,
+                input_reverse,
+                output_axes,
+                output_reverse,
+                inputs,
+            ),
         }
     }
 

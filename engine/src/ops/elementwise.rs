@@ -69,7 +69,9 @@ pub enum BinaryOp {
     Div,
     Pow,
     /// `fmod = true`: C fmod (sign of dividend); false: Python mod (sign of divisor).
-    Mod { fmod: bool },
+    Mod {
+        fmod: bool,
+    },
     Min,
     Max,
     PRelu,
@@ -105,7 +107,10 @@ pub enum ElementwiseOp {
     /// `Where(cond, x, y)`.
     Where,
     /// Clip with bounds from attributes (opset < 11) or inputs 1 and 2.
-    Clip { min: Option<f32>, max: Option<f32> },
+    Clip {
+        min: Option<f32>,
+        max: Option<f32>,
+    },
 }
 
 impl UnaryOp {
@@ -217,9 +222,7 @@ impl UnaryOp {
                     alpha as f64 * (x.exp() - 1.0)
                 }
             }
-            Selu { alpha, gamma } => {
-                gamma as f64 * if x > 0.0 { x } else { alpha as f64 * (x.exp() - 1.0) }
-            }
+            Selu { alpha, gamma } => gamma as f64 * if x > 0.0 { x } else { alpha as f64 * (x.exp() - 1.0) },
             Celu { alpha } => {
                 let a = alpha as f64;
                 x.max(0.0) + (a * ((x / a).exp() - 1.0)).min(0.0)
@@ -608,7 +611,13 @@ pub fn where_(cond: &Tensor, x: &Tensor, y: &Tensor) -> Result<Tensor> {
     Ok(out)
 }
 
-fn clip(x: &Tensor, min: Option<&Tensor>, max: Option<&Tensor>, amin: Option<f32>, amax: Option<f32>) -> Result<Tensor> {
+fn clip(
+    x: &Tensor,
+    min: Option<&Tensor>,
+    max: Option<&Tensor>,
+    amin: Option<f32>,
+    amax: Option<f32>,
+) -> Result<Tensor> {
     let dt = x.dtype();
     let mut out = x.clone();
     dispatch_numeric!(dt, T => {
@@ -692,7 +701,9 @@ impl OpImpl for ElementwiseOp {
                 }
                 acc
             }
-            ElementwiseOp::Where => where_(input(inputs, 0, "condition")?, input(inputs, 1, "X")?, input(inputs, 2, "Y")?)?,
+            ElementwiseOp::Where => {
+                where_(input(inputs, 0, "condition")?, input(inputs, 1, "X")?, input(inputs, 2, "Y")?)?
+            }
             ElementwiseOp::Clip { min, max } => {
                 clip(input(inputs, 0, "input")?, opt_input(inputs, 1), opt_input(inputs, 2), *min, *max)?
             }

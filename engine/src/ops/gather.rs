@@ -208,7 +208,11 @@ fn scatter_elements(data: &Tensor, idx: &Tensor, updates: &Tensor, axis: i64, r:
     let rank = data.rank();
     let a = norm_axis(axis, rank)?;
     if idx.shape() != updates.shape() || idx.rank() != rank {
-        bail!("ScatterElements indices {:?} and updates {:?} must match and have the data's rank", idx.shape(), updates.shape());
+        bail!(
+            "ScatterElements indices {:?} and updates {:?} must match and have the data's rank",
+            idx.shape(),
+            updates.shape()
+        );
     }
     let ind = idx.to_i64_vec()?;
     let ds = strides(data.shape());

@@ -23,47 +23,104 @@ pub enum PadMode {
 
 #[derive(Clone, Debug)]
 pub enum LayoutOp {
-    Reshape { allowzero: bool },
-    Transpose { perm: Option<Vec<usize>> },
+    Reshape {
+        allowzero: bool,
+    },
+    Transpose {
+        perm: Option<Vec<usize>>,
+    },
     /// Axes from the attribute (opset < 13) or input 1.
-    Squeeze { axes: Option<Vec<i64>> },
-    Unsqueeze { axes: Option<Vec<i64>> },
-    Flatten { axis: i64 },
-    Concat { axis: i64 },
+    Squeeze {
+        axes: Option<Vec<i64>>,
+    },
+    Unsqueeze {
+        axes: Option<Vec<i64>>,
+    },
+    Flatten {
+        axis: i64,
+    },
+    Concat {
+        axis: i64,
+    },
     /// Split sizes from the attribute (opset < 13), input 1, or equal parts.
-    Split { axis: i64, split: Option<Vec<i64>>, num_outputs: Option<usize> },
+    Split {
+        axis: i64,
+        split: Option<Vec<i64>>,
+        num_outputs: Option<usize>,
+    },
     /// starts/ends/axes from attributes (opset < 10) or inputs 1..4.
-    Slice { starts: Option<Vec<i64>>, ends: Option<Vec<i64>>, axes: Option<Vec<i64>> },
+    Slice {
+        starts: Option<Vec<i64>>,
+        ends: Option<Vec<i64>>,
+        axes: Option<Vec<i64>>,
+    },
     Expand,
     Tile,
     /// Pads from the attribute (opset < 11) or input 1; value from attr or input 2.
-    Pad { mode: PadMode, pads: Option<Vec<i64>>, value: f32 },
+    Pad {
+        mode: PadMode,
+        pads: Option<Vec<i64>>,
+        value: f32,
+    },
     Identity,
     /// Inference-mode dropout: identity, plus an all-true mask if asked.
     Dropout,
-    Shape { start: i64, end: Option<i64> },
+    Shape {
+        start: i64,
+        end: Option<i64>,
+    },
     Size,
-    Cast { to: DType },
+    Cast {
+        to: DType,
+    },
     CastLike,
-    ConstantOfShape { value: Tensor },
+    ConstantOfShape {
+        value: Tensor,
+    },
     Range,
-    Trilu { upper: bool },
-    DepthToSpace { blocksize: usize, crd: bool },
-    SpaceToDepth { blocksize: usize },
-    OneHot { axis: i64 },
+    Trilu {
+        upper: bool,
+    },
+    DepthToSpace {
+        blocksize: usize,
+        crd: bool,
+    },
+    SpaceToDepth {
+        blocksize: usize,
+    },
+    OneHot {
+        axis: i64,
+    },
     NonZero,
-    EyeLike { dtype: Option<DType>, k: i64 },
-    Compress { axis: Option<i64> },
+    EyeLike {
+        dtype: Option<DType>,
+        k: i64,
+    },
+    Compress {
+        axis: Option<i64>,
+    },
 }
 
 /// Runs `$body` with `$t` an unsigned integer type of the given byte size.
 macro_rules! with_elem {
     ($size:expr, $t:ident => $body:expr) => {
         match $size {
-            1 => { type $t = u8; $body }
-            2 => { type $t = u16; $body }
-            4 => { type $t = u32; $body }
-            _ => { type $t = u64; $body }
+            1 => {
+                type $t = u8;
+                $body
+            }
+            2 => {
+                type $t = u16;
+                $body
+            }
+            4 => {
+                type $t = u32;
+                $body
+            }
+            _ => {
+                type $t = u64;
+                $body
+            }
         }
     };
 }
@@ -128,14 +185,17 @@ fn reshape_target(x: &[usize], spec: &[i64], allowzero: bool) -> Result<Vec<usiz
                 }
                 out.push(1);
             }
-            0 if !allowzero => out.push(*x.get(i).ok_or_else(|| Error::Shape(format!("Reshape: 0 at axis {i} but input has rank {}", x.len())))?),
+            0 if !allowzero => out.push(
+                *x.get(i)
+                    .ok_or_else(|| Error::Shape(format!("Reshape: 0 at axis {i} but input has rank {}", x.len())))?,
+            ),
             s if s < 0 => bail!("Reshape: invalid dim {s} in {spec:?}"),
             s => out.push(s as usize),
         }
     }
     if let Some(i) = infer_at {
         let known: usize = out.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, &d)| d).product();
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(Error::Shape(format!("cannot reshape {x:?} into {spec:?}")));
         }
         out[i] = total / known;
@@ -225,13 +285,17 @@ fn slice(x: &Tensor, starts: &[i64], ends: &[i64], axes: Option<&[i64]>, steps: 
     let mut seen = vec![false; r];
     for i in 0..starts.len() {
         let a = match axes {
-            Some(ax) => norm_axis(*ax.get(i).ok_or_else(|| Error::Invalid("Slice axes shorter than starts".into()))?, r)?,
+            Some(ax) => {
+                norm_axis(*ax.get(i).ok_or_else(|| Error::Invalid("Slice axes shorter than starts".into()))?, r)?
+            }
             None => i,
         };
         if a >= r || std::mem::replace(&mut seen[a], true) {
             bail!("Slice axis {a} repeated or out of range");
         }
-        let step = steps.map_or(Ok(1), |s| s.get(i).copied().ok_or_else(|| Error::Invalid("Slice steps shorter than starts".into())))?;
+        let step = steps.map_or(Ok(1), |s| {
+            s.get(i).copied().ok_or_else(|| Error::Invalid("Slice steps shorter than starts".into()))
+        })?;
         let (s, stp, c) = slice_axis(x.shape()[a], starts[i], ends[i], step)?;
         st[a] = s;
         sp[a] = stp;
@@ -259,11 +323,21 @@ fn concat(xs: &[&Tensor], axis: i64) -> Result<Tensor> {
     out_shape[a] = 0;
     for x in xs {
         if x.rank() != r || x.dtype() != first.dtype() {
-            bail!("Concat inputs differ in rank or dtype: {:?} {} vs {:?} {}", x.shape(), x.dtype(), first.shape(), first.dtype());
+            bail!(
+                "Concat inputs differ in rank or dtype: {:?} {} vs {:?} {}",
+                x.shape(),
+                x.dtype(),
+                first.shape(),
+                first.dtype()
+            );
         }
         for d in 0..r {
             if d != a && x.shape()[d] != first.shape()[d] {
-                return Err(Error::Shape(format!("Concat inputs {:?} and {:?} differ outside axis {a}", x.shape(), first.shape())));
+                return Err(Error::Shape(format!(
+                    "Concat inputs {:?} and {:?} differ outside axis {a}",
+                    x.shape(),
+                    first.shape()
+                )));
             }
         }
         out_shape[a] += x.shape()[a];
@@ -442,7 +516,7 @@ fn trilu(x: &Tensor, k: i64, upper: bool) -> Result<Tensor> {
 
 fn depth_to_space(x: &Tensor, b: usize, crd: bool) -> Result<Tensor> {
     let s = x.shape();
-    if s.len() != 4 || b == 0 || s[1] % (b * b) != 0 {
+    if s.len() != 4 || b == 0 || !s[1].is_multiple_of(b * b) {
         bail!("DepthToSpace needs NCHW with C divisible by blocksize^2");
     }
     let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
@@ -458,7 +532,7 @@ fn depth_to_space(x: &Tensor, b: usize, crd: bool) -> Result<Tensor> {
 
 fn space_to_depth(x: &Tensor, b: usize) -> Result<Tensor> {
     let s = x.shape();
-    if s.len() != 4 || b == 0 || s[2] % b != 0 || s[3] % b != 0 {
+    if s.len() != 4 || b == 0 || !s[2].is_multiple_of(b) || !s[3].is_multiple_of(b) {
         bail!("SpaceToDepth needs NCHW with H and W divisible by blocksize");
     }
     let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
@@ -634,7 +708,9 @@ impl OpImpl for LayoutOp {
                                 .collect(),
                         )),
                     },
-                    (Some(spec), None) => Some(crate::Shape(spec.iter().map(|&d| if d > 0 { Dim::Fixed(d as usize) } else { Dim::Unknown }).collect())),
+                    (Some(spec), None) => Some(crate::Shape(
+                        spec.iter().map(|&d| if d > 0 { Dim::Fixed(d as usize) } else { Dim::Unknown }).collect(),
+                    )),
                     _ => None,
                 };
                 Fact { dtype: dt, shape }
@@ -652,7 +728,9 @@ impl OpImpl for LayoutOp {
                     None => val(1)?,
                 };
                 let shape = match (axes, shape_of(&x)) {
-                    (Some(a), Some(s)) => Some(crate::Shape(unsqueeze_dims(&s.0, &unsqueeze_axes(s.rank(), &a)?, Dim::Fixed(1)))),
+                    (Some(a), Some(s)) => {
+                        Some(crate::Shape(unsqueeze_dims(&s.0, &unsqueeze_axes(s.rank(), &a)?, Dim::Fixed(1))))
+                    }
                     _ => None,
                 };
                 Fact { dtype: dt, shape }
@@ -665,9 +743,13 @@ impl OpImpl for LayoutOp {
                 let shape = match (axes, shape_of(&x)) {
                     (Some(a), Some(s)) => {
                         let ax: Vec<usize> = a.iter().map(|&a| norm_axis(a, s.rank())).collect::<Result<_>>()?;
-                        Some(crate::Shape(s.0.iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, d)| d.clone()).collect()))
+                        Some(crate::Shape(
+                            s.0.iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, d)| d.clone()).collect(),
+                        ))
                     }
-                    (None, Some(s)) => s.as_fixed().map(|f| crate::Shape::fixed(&f.into_iter().filter(|&d| d != 1).collect::<Vec<_>>())),
+                    (None, Some(s)) => s
+                        .as_fixed()
+                        .map(|f| crate::Shape::fixed(&f.into_iter().filter(|&d| d != 1).collect::<Vec<_>>())),
                     _ => None,
                 };
                 Fact { dtype: dt, shape }
@@ -719,10 +801,14 @@ impl OpImpl for LayoutOp {
             Identity => x()?.clone(),
             Dropout => {
                 let x = x()?;
-                let training = opt_input(inputs, 2).map(|t| t.to_f64_vec().first().copied().unwrap_or(0.0) != 0.0).unwrap_or(false);
+                let training = opt_input(inputs, 2)
+                    .map(|t| t.to_f64_vec().first().copied().unwrap_or(0.0) != 0.0)
+                    .unwrap_or(false);
                 let ratio = opt_input(inputs, 1).and_then(|t| t.to_f64_vec().first().copied()).unwrap_or(0.5);
                 if training && ratio > 0.0 {
-                    return Err(Error::Unsupported("Dropout in training mode (random masks) is not supported for inference".into()));
+                    return Err(Error::Unsupported(
+                        "Dropout in training mode (random masks) is not supported for inference".into(),
+                    ));
                 }
                 let mut v = vec![x.clone()];
                 if ctx.n_outputs > 1 {
@@ -818,7 +904,9 @@ impl OpImpl for LayoutOp {
                 };
                 let v = match opt_input(inputs, 2) {
                     Some(v) => Some(v.clone()),
-                    None if *value != 0.0 => Some(dispatch_numeric!(x.dtype(), T => Tensor::scalar(T::from_f64(*value as f64)), bool => Tensor::from_bools(&[], &[*value != 0.0])?)),
+                    None if *value != 0.0 => Some(
+                        dispatch_numeric!(x.dtype(), T => Tensor::scalar(T::from_f64(*value as f64)), bool => Tensor::from_bools(&[], &[*value != 0.0])?),
+                    ),
                     None => None,
                 };
                 pad(x, &p, *mode, v.as_ref(), const_i64(inputs, 3)?)?
@@ -850,7 +938,9 @@ impl OpImpl for LayoutOp {
             }
             DepthToSpace { blocksize, crd } => depth_to_space(x()?, *blocksize, *crd)?,
             SpaceToDepth { blocksize } => space_to_depth(x()?, *blocksize)?,
-            OneHot { axis } => one_hot(input(inputs, 0, "indices")?, input(inputs, 1, "depth")?, input(inputs, 2, "values")?, *axis)?,
+            OneHot { axis } => {
+                one_hot(input(inputs, 0, "indices")?, input(inputs, 1, "depth")?, input(inputs, 2, "values")?, *axis)?
+            }
             NonZero => nonzero(x()?)?,
             EyeLike { dtype, k } => {
                 let x = x()?;
@@ -860,7 +950,8 @@ impl OpImpl for LayoutOp {
                 let dt = dtype.unwrap_or(x.dtype());
                 let (r, c) = (x.shape()[0], x.shape()[1]);
                 let mut out = Tensor::zeros(dt, &[r, c])?;
-                let one = dispatch_numeric!(dt, T => Tensor::scalar(T::one()), bool => Tensor::from_bools(&[], &[true])?);
+                let one =
+                    dispatch_numeric!(dt, T => Tensor::scalar(T::one()), bool => Tensor::from_bools(&[], &[true])?);
                 let es = dt.size();
                 let ob = out.bytes_mut();
                 for i in 0..r {

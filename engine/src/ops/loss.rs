@@ -26,7 +26,14 @@ pub enum LossOp {
 }
 
 /// NLL over f64 log-probabilities laid out `[N, C, inner]`.
-fn nll(logp: &[f64], shape: &[usize], target: &[i64], weight: Option<&[f64]>, red: LossReduction, ignore: Option<i64>) -> Result<(Vec<f64>, Vec<usize>)> {
+fn nll(
+    logp: &[f64],
+    shape: &[usize],
+    target: &[i64],
+    weight: Option<&[f64]>,
+    red: LossReduction,
+    ignore: Option<i64>,
+) -> Result<(Vec<f64>, Vec<usize>)> {
     if shape.len() < 2 {
         bail!("loss input must have rank >= 2 ([N, C, ...]), got {shape:?}");
     }
@@ -73,7 +80,9 @@ impl OpImpl for LossOp {
     fn infer(&self, inputs: &[InferInput<'_>], n: usize) -> Result<Vec<Fact>> {
         let x = inputs.first().map(|i| i.fact.clone()).unwrap_or_else(Fact::unknown);
         let red = match self {
-            LossOp::NegativeLogLikelihood { reduction, .. } | LossOp::SoftmaxCrossEntropy { reduction, .. } => *reduction,
+            LossOp::NegativeLogLikelihood { reduction, .. } | LossOp::SoftmaxCrossEntropy { reduction, .. } => {
+                *reduction
+            }
         };
         let loss_shape = if red == LossReduction::None { None } else { Some(Shape::fixed(&[])) };
         let mut v = vec![Fact { dtype: x.dtype, shape: loss_shape }];
@@ -130,7 +139,8 @@ mod tests {
     #[test]
     fn mean_nll_divides_by_weight_of_counted_targets() {
         // logp for N=2, C=2; targets 1 and 0 (ignored): loss = -(-0.5)*2 / 2
-        let (l, s) = nll(&[-1.0, -0.5, -0.2, -3.0], &[2, 2], &[1, 0], Some(&[1.0, 2.0]), LossReduction::Mean, Some(0)).unwrap();
+        let (l, s) =
+            nll(&[-1.0, -0.5, -0.2, -3.0], &[2, 2], &[1, 0], Some(&[1.0, 2.0]), LossReduction::Mean, Some(0)).unwrap();
         assert!(s.is_empty());
         assert!((l[0] - 0.5).abs() < 1e-12);
     }

@@ -89,7 +89,11 @@ fn gemm(a: &Tensor, b: &Tensor, c: Option<&Tensor>, alpha: f32, beta: f32, ta: b
     let (m, k) = if ta { (a.shape()[1], a.shape()[0]) } else { (a.shape()[0], a.shape()[1]) };
     let (k2, n) = if tb { (b.shape()[1], b.shape()[0]) } else { (b.shape()[0], b.shape()[1]) };
     if k != k2 {
-        return Err(Error::Shape(format!("Gemm inner dims differ: A {:?} (transA={ta}) B {:?} (transB={tb})", a.shape(), b.shape())));
+        return Err(Error::Shape(format!(
+            "Gemm inner dims differ: A {:?} (transA={ta}) B {:?} (transB={tb})",
+            a.shape(),
+            b.shape()
+        )));
     }
     if a.dtype() != DType::F32 {
         // Other dtypes: transpose explicitly, reuse matmul, then scale and add in f64.
@@ -232,7 +236,9 @@ impl OpImpl for MatMulOp {
         let b = input(inputs, 1, "B")?;
         Ok(vec![match self {
             MatMulOp::MatMul => matmul(a, b)?,
-            MatMulOp::Gemm { alpha, beta, trans_a, trans_b } => gemm(a, b, opt_input(inputs, 2), *alpha, *beta, *trans_a, *trans_b)?,
+            MatMulOp::Gemm { alpha, beta, trans_a, trans_b } => {
+                gemm(a, b, opt_input(inputs, 2), *alpha, *beta, *trans_a, *trans_b)?
+            }
             MatMulOp::MatMulInteger => matmul_integer(a, b, opt_input(inputs, 2), opt_input(inputs, 3))?,
         }])
     }

@@ -121,11 +121,7 @@ impl Op {
 
 /// Input `i`, or an error naming the missing input.
 pub fn input<'a>(inputs: &[Option<&'a Tensor>], i: usize, what: &str) -> Result<&'a Tensor> {
-    inputs
-        .get(i)
-        .copied()
-        .flatten()
-        .ok_or_else(|| crate::Error::Invalid(format!("missing input {i} ({what})")))
+    inputs.get(i).copied().flatten().ok_or_else(|| crate::Error::Invalid(format!("missing input {i} ({what})")))
 }
 
 /// Optional input `i`.

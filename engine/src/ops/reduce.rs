@@ -26,13 +26,37 @@ pub enum ReduceKind {
 #[derive(Clone, Debug)]
 pub enum ReduceOp {
     /// Axes from the attribute (older opsets) or input 1.
-    Reduce { kind: ReduceKind, axes: Option<Vec<i64>>, keepdims: bool, noop_with_empty_axes: bool },
-    ArgMax { axis: i64, keepdims: bool, select_last_index: bool },
-    ArgMin { axis: i64, keepdims: bool, select_last_index: bool },
+    Reduce {
+        kind: ReduceKind,
+        axes: Option<Vec<i64>>,
+        keepdims: bool,
+        noop_with_empty_axes: bool,
+    },
+    ArgMax {
+        axis: i64,
+        keepdims: bool,
+        select_last_index: bool,
+    },
+    ArgMin {
+        axis: i64,
+        keepdims: bool,
+        select_last_index: bool,
+    },
     /// `k` from the attribute (opset 1) or input 1.
-    TopK { axis: i64, largest: bool, sorted: bool, k: Option<i64> },
-    CumSum { exclusive: bool, reverse: bool },
-    CumProd { exclusive: bool, reverse: bool },
+    TopK {
+        axis: i64,
+        largest: bool,
+        sorted: bool,
+        k: Option<i64>,
+    },
+    CumSum {
+        exclusive: bool,
+        reverse: bool,
+    },
+    CumProd {
+        exclusive: bool,
+        reverse: bool,
+    },
 }
 
 impl ReduceKind {
@@ -387,21 +411,32 @@ impl OpImpl for ReduceOp {
                 vec![Fact { dtype: x.dtype, shape }]
             }
             ReduceOp::ArgMax { axis, keepdims, .. } | ReduceOp::ArgMin { axis, keepdims, .. } => {
-                let shape = match &x.shape {
-                    Some(s) => {
-                        let a = norm_axis(*axis, s.rank())?;
-                        Some(Shape(
-                            s.0.iter()
-                                .enumerate()
-                                .filter_map(|(d, dim)| if d == a { keepdims.then_some(Dim::Fixed(1)) } else { Some(dim.clone()) })
-                                .collect(),
-                        ))
-                    }
-                    None => None,
-                };
+                let shape =
+                    match &x.shape {
+                        Some(s) => {
+                            let a = norm_axis(*axis, s.rank())?;
+                            Some(Shape(
+                                s.0.iter()
+                                    .enumerate()
+                                    .filter_map(|(d, dim)| {
+                                        if d == a {
+                                            keepdims.then_some(Dim::Fixed(1))
+                                        } else {
+                                            Some(dim.clone())
+                                        }
+                                    })
+                                    .collect(),
+                            ))
+                        }
+                        None => None,
+                    };
                 vec![Fact { dtype: Some(DType::I64), shape }]
             }
-            ReduceOp::TopK { .. } => vec![Fact { dtype: x.dtype, shape: None }, Fact { dtype: Some(DType::I64), shape: None }][..n.clamp(1, 2)].to_vec(),
+            ReduceOp::TopK { .. } => {
+                vec![Fact { dtype: x.dtype, shape: None }, Fact { dtype: Some(DType::I64), shape: None }]
+                    [..n.clamp(1, 2)]
+                    .to_vec()
+            }
             ReduceOp::CumSum { .. } | ReduceOp::CumProd { .. } => vec![x],
         })
     }
@@ -416,17 +451,29 @@ impl OpImpl for ReduceOp {
                 };
                 vec![reduce(x, *kind, axes, *keepdims, *noop_with_empty_axes)?]
             }
-            ReduceOp::ArgMax { axis, keepdims, select_last_index } => vec![arg_extreme(x, *axis, *keepdims, *select_last_index, true)?],
-            ReduceOp::ArgMin { axis, keepdims, select_last_index } => vec![arg_extreme(x, *axis, *keepdims, *select_last_index, false)?],
+            ReduceOp::ArgMax { axis, keepdims, select_last_index } => {
+                vec![arg_extreme(x, *axis, *keepdims, *select_last_index, true)?]
+            }
+            ReduceOp::ArgMin { axis, keepdims, select_last_index } => {
+                vec![arg_extreme(x, *axis, *keepdims, *select_last_index, false)?]
+            }
             ReduceOp::TopK { axis, largest, k, .. } => {
                 let k = match k {
                     Some(k) => *k,
-                    None => input(inputs, 1, "K")?.to_i64_vec()?.first().copied().ok_or_else(|| Error::Invalid("empty K".into()))?,
+                    None => input(inputs, 1, "K")?
+                        .to_i64_vec()?
+                        .first()
+                        .copied()
+                        .ok_or_else(|| Error::Invalid("empty K".into()))?,
                 };
                 topk(x, k, *axis, *largest)?
             }
-            ReduceOp::CumSum { exclusive, reverse } => vec![cumulative(x, input(inputs, 1, "axis")?, *exclusive, *reverse, false)?],
-            ReduceOp::CumProd { exclusive, reverse } => vec![cumulative(x, input(inputs, 1, "axis")?, *exclusive, *reverse, true)?],
+            ReduceOp::CumSum { exclusive, reverse } => {
+                vec![cumulative(x, input(inputs, 1, "axis")?, *exclusive, *reverse, false)?]
+            }
+            ReduceOp::CumProd { exclusive, reverse } => {
+                vec![cumulative(x, input(inputs, 1, "axis")?, *exclusive, *reverse, true)?]
+            }
         })
     }
 }

@@ -25,10 +25,22 @@ pub enum WindowKind {
 #[derive(Clone, Debug)]
 pub enum SignalOp {
     /// `axis` from the attribute (opset 17) or input 2 (opset 20).
-    Dft { inverse: bool, onesided: bool, axis: Option<i64> },
-    Stft { onesided: bool },
-    Window { kind: WindowKind, periodic: bool, dtype: DType },
-    MelWeightMatrix { dtype: DType },
+    Dft {
+        inverse: bool,
+        onesided: bool,
+        axis: Option<i64>,
+    },
+    Stft {
+        onesided: bool,
+    },
+    Window {
+        kind: WindowKind,
+        periodic: bool,
+        dtype: DType,
+    },
+    MelWeightMatrix {
+        dtype: DType,
+    },
 }
 
 fn scalar_i64(t: &Tensor, what: &str) -> Result<i64> {
@@ -51,7 +63,14 @@ fn to_dtype(dt: DType, shape: &[usize], v: &[f64]) -> Result<Tensor> {
 
 /// Complex DFT along `axis` of `z` (shape `s`, complex values). Returns the
 /// transformed values and the output length along `axis`.
-fn dft_axis(z: &[(f64, f64)], s: &[usize], axis: usize, len: usize, inverse: bool, onesided: bool) -> (Vec<(f64, f64)>, usize) {
+fn dft_axis(
+    z: &[(f64, f64)],
+    s: &[usize],
+    axis: usize,
+    len: usize,
+    inverse: bool,
+    onesided: bool,
+) -> (Vec<(f64, f64)>, usize) {
     let outer: usize = s[..axis].iter().product();
     let n = s[axis];
     let inner: usize = s[axis + 1..].iter().product();
@@ -74,7 +93,7 @@ fn dft_axis(z: &[(f64, f64)], s: &[usize], axis: usize, len: usize, inverse: boo
                     buf[len - k] = (re, -im);
                 }
                 buf[0].1 = 0.0;
-                if len % 2 == 0 && len / 2 < buf.len() {
+                if len.is_multiple_of(2) && len / 2 < buf.len() {
                     buf[len / 2].1 = 0.0;
                 }
             } else {
@@ -98,7 +117,10 @@ fn dft_axis(z: &[(f64, f64)], s: &[usize], axis: usize, len: usize, inverse: boo
 }
 
 /// Splits a `[..., 1|2]` tensor into complex values and the leading shape.
-fn complex_of(x: &Tensor) -> Result<(Vec<(f64, f64)>, Vec<usize>)> {
+/// Complex values with the shape they are laid out in.
+type Complex = (Vec<(f64, f64)>, Vec<usize>);
+
+fn complex_of(x: &Tensor) -> Result<Complex> {
     let c = *x.shape().last().unwrap_or(&0);
     if x.rank() < 2 || !(c == 1 || c == 2) {
         bail!("signal must end in a dim of 1 (real) or 2 (complex), got shape {:?}", x.shape());
@@ -136,7 +158,13 @@ fn dft(x: &Tensor, len: Option<&Tensor>, axis: i64, inverse: bool, onesided: boo
     to_dtype(x.dtype(), &shape, &v)
 }
 
-fn stft(x: &Tensor, step: &Tensor, window: Option<&Tensor>, frame_len: Option<&Tensor>, onesided: bool) -> Result<Tensor> {
+fn stft(
+    x: &Tensor,
+    step: &Tensor,
+    window: Option<&Tensor>,
+    frame_len: Option<&Tensor>,
+    onesided: bool,
+) -> Result<Tensor> {
     let (z, s) = complex_of(x)?;
     if s.len() != 2 {
         bail!("STFT signal must be [batch, length, 1|2], got {:?}", x.shape());
@@ -164,10 +192,12 @@ fn stft(x: &Tensor, step: &Tensor, window: Option<&Tensor>, frame_len: Option<&T
     let mut out = Vec::with_capacity(batch * frames * bins * 2);
     for b in 0..batch {
         for f in 0..frames {
-            let frame: Vec<(f64, f64)> = (0..flen).map(|t| {
-                let (r, i) = z[b * len + f * step + t];
-                (r * w[t], i * w[t])
-            }).collect();
+            let frame: Vec<(f64, f64)> = (0..flen)
+                .map(|t| {
+                    let (r, i) = z[b * len + f * step + t];
+                    (r * w[t], i * w[t])
+                })
+                .collect();
             let (spec, _) = dft_axis(&frame, &[flen], 0, flen, false, onesided);
             out.extend(spec.iter().flat_map(|c| [c.0, c.1]));
         }
@@ -270,7 +300,13 @@ impl OpImpl for SignalOp {
                 };
                 dft(x, opt_input(inputs, 1), axis, *inverse, *onesided)?
             }
-            SignalOp::Stft { onesided } => stft(input(inputs, 0, "signal")?, input(inputs, 1, "frame_step")?, opt_input(inputs, 2), opt_input(inputs, 3), *onesided)?,
+            SignalOp::Stft { onesided } => stft(
+                input(inputs, 0, "signal")?,
+                input(inputs, 1, "frame_step")?,
+                opt_input(inputs, 2),
+                opt_input(inputs, 3),
+                *onesided,
+            )?,
             SignalOp::Window { kind, periodic, dtype } => window(*kind, input(inputs, 0, "size")?, *periodic, *dtype)?,
             SignalOp::MelWeightMatrix { dtype } => mel_weight_matrix(inputs, *dtype)?,
         };

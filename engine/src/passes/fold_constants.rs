@@ -37,9 +37,13 @@ pub fn infer_and_fold(g: &mut Graph, opts: FoldOptions) -> Result<usize> {
         let all_const = ins.iter().all(|v| v.is_none_or(|v| v.konst.is_some())) && node.op.subgraphs().is_empty();
         // Shape and Size of fully known shapes fold without the input's value.
         let shape_value = match &node.op {
-            Op::Layout(l @ (LayoutOp::Shape { .. } | LayoutOp::Size)) => {
-                ins.first().copied().flatten().and_then(|v| v.fact.shape.as_ref()).and_then(|s| s.as_fixed()).and_then(|dims| l.shape_of_fixed(&dims))
-            }
+            Op::Layout(l @ (LayoutOp::Shape { .. } | LayoutOp::Size)) => ins
+                .first()
+                .copied()
+                .flatten()
+                .and_then(|v| v.fact.shape.as_ref())
+                .and_then(|s| s.as_fixed())
+                .and_then(|dims| l.shape_of_fixed(&dims)),
             _ => None,
         };
         let outputs = if let Some(t) = shape_value {
@@ -63,13 +67,15 @@ pub fn infer_and_fold(g: &mut Graph, opts: FoldOptions) -> Result<usize> {
             folded += 1;
             continue;
         }
-        let facts: Vec<Fact> = node.inputs.iter().map(|i| i.map_or_else(Fact::unknown, |i| g.values[i].fact.clone())).collect();
+        let facts: Vec<Fact> =
+            node.inputs.iter().map(|i| i.map_or_else(Fact::unknown, |i| g.values[i].fact.clone())).collect();
         let infer_ins: Vec<InferInput> = facts
             .iter()
             .zip(&node.inputs)
             .map(|(f, i)| InferInput { fact: f, value: i.and_then(|i| g.values[i].konst.as_ref()) })
             .collect();
-        let inferred = node.op.infer(&infer_ins, node.outputs.len()).map_err(|e| e.in_node(&node.name, node.op.name()))?;
+        let inferred =
+            node.op.infer(&infer_ins, node.outputs.len()).map_err(|e| e.in_node(&node.name, node.op.name()))?;
         for (&o, f) in node.outputs.iter().zip(inferred) {
             let v = &mut g.values[o];
             v.fact = merge_facts(&v.fact, &f);

@@ -21,7 +21,9 @@ fn scan(c: &NodeCtx) -> ConvResult<Op> {
         Some(m) if m >= 0 => m as usize,
         _ => conv_invalid!("Scan needs num_scan_inputs"),
     };
-    let dirs = |name: &str| -> ConvResult<Vec<bool>> { Ok(c.ints(name)?.unwrap_or_default().iter().map(|&d| d != 0).collect()) };
+    let dirs = |name: &str| -> ConvResult<Vec<bool>> {
+        Ok(c.ints(name)?.unwrap_or_default().iter().map(|&d| d != 0).collect())
+    };
     Ok(ControlOp::Scan {
         n_captures,
         num_scan_inputs: m,

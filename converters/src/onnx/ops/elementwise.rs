@@ -73,7 +73,10 @@ pub fn register(r: &mut Registry) {
     r.add("BitwiseNot", 18, 18, |_| u(U::BitwiseNot));
     r.add("IsNaN", 9, 20, |_| u(U::IsNaN));
     r.add("IsInf", 10, 20, |c| {
-        u(U::IsInf { detect_negative: c.int_or("detect_negative", 1)? != 0, detect_positive: c.int_or("detect_positive", 1)? != 0 })
+        u(U::IsInf {
+            detect_negative: c.int_or("detect_negative", 1)? != 0,
+            detect_positive: c.int_or("detect_positive", 1)? != 0,
+        })
     });
 
     use BinaryOp as B;
@@ -108,7 +111,8 @@ pub fn register(r: &mut Registry) {
     r.add("Where", 9, 16, |_| Ok(ElementwiseOp::Where.into()));
     r.add("Clip", 6, 13, |c: &NodeCtx| {
         if c.opset < 11 {
-            Ok(ElementwiseOp::Clip { min: Some(c.float_or("min", f32::MIN)?), max: Some(c.float_or("max", f32::MAX)?) }.into())
+            Ok(ElementwiseOp::Clip { min: Some(c.float_or("min", f32::MIN)?), max: Some(c.float_or("max", f32::MAX)?) }
+                .into())
         } else {
             Ok(ElementwiseOp::Clip { min: None, max: None }.into())
         }

@@ -28,5 +28,7 @@ pub fn register(r: &mut Registry) {
     r.add("ScatterElements", 11, 18, |c| {
         g(GatherOp::ScatterElements { axis: c.int_or("axis", 0)?, reduction: reduction(c)? })
     });
-    r.add("Scatter", 9, 10, |c| g(GatherOp::ScatterElements { axis: c.int_or("axis", 0)?, reduction: Reduction::None }));
+    r.add("Scatter", 9, 10, |c| {
+        g(GatherOp::ScatterElements { axis: c.int_or("axis", 0)?, reduction: Reduction::None })
+    });
 }

@@ -109,7 +109,9 @@ pub fn register(r: &mut Registry) {
         };
         l(LayoutOp::DepthToSpace { blocksize: c.int_or("blocksize", 0)?.max(0) as usize, crd })
     });
-    r.add("SpaceToDepth", 1, 13, |c| l(LayoutOp::SpaceToDepth { blocksize: c.int_or("blocksize", 0)?.max(0) as usize }));
+    r.add("SpaceToDepth", 1, 13, |c| {
+        l(LayoutOp::SpaceToDepth { blocksize: c.int_or("blocksize", 0)?.max(0) as usize })
+    });
     r.add("OneHot", 9, 11, |c| l(LayoutOp::OneHot { axis: c.int_or("axis", -1)? }));
     r.add("NonZero", 9, 13, |_| l(LayoutOp::NonZero));
     r.add("EyeLike", 9, 22, |c| l(LayoutOp::EyeLike { dtype: dtype_attr(c, "dtype")?, k: c.int_or("k", 0)? }));

@@ -28,15 +28,36 @@ pub fn register(r: &mut Registry) {
     r.add("ReduceLogSumExp", 1, 18, |c| reduce(c, ReduceKind::LogSumExp, 18));
     r.add("ReduceSumSquare", 1, 18, |c| reduce(c, ReduceKind::SumSquare, 18));
     r.add("ArgMax", 1, 13, |c| {
-        Ok(ReduceOp::ArgMax { axis: c.int_or("axis", 0)?, keepdims: c.int_or("keepdims", 1)? != 0, select_last_index: c.int_or("select_last_index", 0)? != 0 }.into())
+        Ok(ReduceOp::ArgMax {
+            axis: c.int_or("axis", 0)?,
+            keepdims: c.int_or("keepdims", 1)? != 0,
+            select_last_index: c.int_or("select_last_index", 0)? != 0,
+        }
+        .into())
     });
     r.add("ArgMin", 1, 13, |c| {
-        Ok(ReduceOp::ArgMin { axis: c.int_or("axis", 0)?, keepdims: c.int_or("keepdims", 1)? != 0, select_last_index: c.int_or("select_last_index", 0)? != 0 }.into())
+        Ok(ReduceOp::ArgMin {
+            axis: c.int_or("axis", 0)?,
+            keepdims: c.int_or("keepdims", 1)? != 0,
+            select_last_index: c.int_or("select_last_index", 0)? != 0,
+        }
+        .into())
     });
     r.add("TopK", 1, 24, |c| {
         let k = if c.opset < 10 { c.int("k")? } else { None };
-        Ok(ReduceOp::TopK { axis: c.int_or("axis", -1)?, largest: c.int_or("largest", 1)? != 0, sorted: c.int_or("sorted", 1)? != 0, k }.into())
+        Ok(ReduceOp::TopK {
+            axis: c.int_or("axis", -1)?,
+            largest: c.int_or("largest", 1)? != 0,
+            sorted: c.int_or("sorted", 1)? != 0,
+            k,
+        }
+        .into())
     });
-    r.add("CumSum", 11, 14, |c| Ok(ReduceOp::CumSum { exclusive: c.int_or("exclusive", 0)? != 0, reverse: c.int_or("reverse", 0)? != 0 }.into()));
-    r.add("CumProd", 26, 26, |c| Ok(ReduceOp::CumProd { exclusive: c.int_or("exclusive", 0)? != 0, reverse: c.int_or("reverse", 0)? != 0 }.into()));
+    r.add("CumSum", 11, 14, |c| {
+        Ok(ReduceOp::CumSum { exclusive: c.int_or("exclusive", 0)? != 0, reverse: c.int_or("reverse", 0)? != 0 }.into())
+    });
+    r.add("CumProd", 26, 26, |c| {
+        Ok(ReduceOp::CumProd { exclusive: c.int_or("exclusive", 0)? != 0, reverse: c.int_or("reverse", 0)? != 0 }
+            .into())
+    });
 }

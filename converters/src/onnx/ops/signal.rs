@@ -21,7 +21,8 @@ fn window(c: &NodeCtx, kind: WindowKind) -> ConvResult<Op> {
 pub fn register(r: &mut Registry) {
     r.add("DFT", 17, 20, |c| {
         let axis = if c.opset < 20 { Some(c.int_or("axis", 1)?) } else { None };
-        Ok(SignalOp::Dft { inverse: c.int_or("inverse", 0)? != 0, onesided: c.int_or("onesided", 0)? != 0, axis }.into())
+        Ok(SignalOp::Dft { inverse: c.int_or("inverse", 0)? != 0, onesided: c.int_or("onesided", 0)? != 0, axis }
+            .into())
     });
     r.add("STFT", 17, 17, |c| Ok(SignalOp::Stft { onesided: c.int_or("onesided", 1)? != 0 }.into()));
     r.add("HannWindow", 17, 17, |c| window(c, WindowKind::Hann));
