@@ -99,6 +99,23 @@ pub enum LayoutOp {
     Compress {
         axis: Option<i64>,
     },
+    /// Reinterprets the bytes as another dtype of the same width.
+    BitCast {
+        to: DType,
+    },
+    /// Crops or zero-pads the given axes (all when `None`) to the sizes in input 1, centred.
+    CenterCropPad {
+        axes: Option<Vec<i64>>,
+    },
+    ReverseSequence {
+        time_axis: i64,
+        batch_axis: i64,
+    },
+    /// Outputs Y, indices, inverse_indices, counts (as many as the node asks for).
+    Unique {
+        axis: Option<i64>,
+        sorted: bool,
+    },
 }
 
 /// Runs `$body` with `$t` an unsigned integer type of the given byte size.
@@ -614,6 +631,140 @@ fn compress(x: &Tensor, cond: &Tensor, axis: Option<i64>) -> Result<Tensor> {
     })
 }
 
+fn center_crop_pad(x: &Tensor, sizes: &[i64], axes: Option<&[i64]>) -> Result<Tensor> {
+    let r = x.rank();
+    let axes: Vec<usize> = match axes {
+        Some(a) => a.iter().map(|&a| norm_axis(a, r)).collect::<Result<_>>()?,
+        None => (0..r).collect(),
+    };
+    if sizes.len() != axes.len() || sizes.iter().any(|&s| s < 0) {
+        bail!("CenterCropPad: {} sizes for {} axes", sizes.len(), axes.len());
+    }
+    // For each axis: output offset of the copied window, input offset, and length.
+    let mut out_shape = x.shape().to_vec();
+    let mut src_off = vec![0usize; r];
+    let mut dst_off = vec![0usize; r];
+    let mut len = x.shape().to_vec();
+    for (&a, &sz) in axes.iter().zip(sizes) {
+        let (dim, sz) = (x.shape()[a], sz as usize);
+        out_shape[a] = sz;
+        if sz < dim {
+            src_off[a] = (dim - sz) / 2;
+            len[a] = sz;
+        } else {
+            dst_off[a] = (sz - dim) / 2;
+        }
+    }
+    let mut ext = Tensor::zeros(x.dtype(), &[x.numel() + 1])?;
+    ext.bytes_mut()[..x.bytes().len()].copy_from_slice(x.bytes());
+    let (os, is, fill) = (strides(&out_shape), strides(x.shape()), x.numel());
+    gather_elems(&ext, &out_shape, |i| {
+        let mut rem = i;
+        let mut off = 0;
+        for d in 0..r {
+            let k = rem / os[d];
+            rem %= os[d];
+            if k < dst_off[d] || k >= dst_off[d] + len[d] {
+                return fill;
+            }
+            off += (k - dst_off[d] + src_off[d]) * is[d];
+        }
+        off
+    })
+}
+
+fn reverse_sequence(x: &Tensor, lens: &[i64], time_axis: i64, batch_axis: i64) -> Result<Tensor> {
+    let (t, b) = (norm_axis(time_axis, x.rank())?, norm_axis(batch_axis, x.rank())?);
+    if t == b || lens.len() != x.shape()[b] {
+        bail!("ReverseSequence: bad axes or {} sequence_lens for batch {}", lens.len(), x.shape()[b]);
+    }
+    let st = strides(x.shape());
+    let shape = x.shape().to_vec();
+    let max_t = shape[t] as i64;
+    if lens.iter().any(|&l| l < 0 || l > max_t) {
+        bail!("ReverseSequence: sequence_lens {lens:?} exceed the time axis ({max_t})");
+    }
+    gather_elems(x, &shape, |i| {
+        let ti = (i / st[t]) % shape[t];
+        let bi = (i / st[b]) % shape[b];
+        let l = lens[bi] as usize;
+        if ti < l {
+            i - ti * st[t] + (l - 1 - ti) * st[t]
+        } else {
+            i
+        }
+    })
+}
+
+fn unique(x: &Tensor, axis: Option<i64>, sorted: bool) -> Result<Vec<Tensor>> {
+    let (xf, a) = match axis {
+        Some(a) => (x.clone(), norm_axis(a, x.rank())?),
+        None => (x.reshaped(&[x.numel()])?, 0),
+    };
+    // Move the axis to the front so each slice is contiguous.
+    let mut perm: Vec<usize> = (0..xf.rank()).collect();
+    perm.remove(a);
+    perm.insert(0, a);
+    let moved = transpose(&xf, &perm)?;
+    let n = moved.shape()[0];
+    let per = moved.numel() / n.max(1);
+    let vals = moved.to_f64_vec();
+    let slice = |i: usize| &vals[i * per..(i + 1) * per];
+    let cmp = |p: usize, q: usize| {
+        slice(p)
+            .iter()
+            .zip(slice(q))
+            .map(|(a, b)| a.total_cmp(b))
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    };
+    // first occurrence of each distinct slice, in order of appearance
+    let mut firsts: Vec<usize> = Vec::new();
+    let mut inverse = vec![0usize; n];
+    for i in 0..n {
+        match firsts.iter().position(|&f| cmp(f, i).is_eq()) {
+            Some(k) => inverse[i] = k,
+            None => {
+                inverse[i] = firsts.len();
+                firsts.push(i);
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..firsts.len()).collect();
+    if sorted {
+        order.sort_by(|&p, &q| cmp(firsts[p], firsts[q]));
+    }
+    let mut rank = vec![0usize; order.len()];
+    for (pos, &k) in order.iter().enumerate() {
+        rank[k] = pos;
+    }
+    let idx: Vec<i64> = order.iter().map(|&k| firsts[k] as i64).collect();
+    let mut counts = vec![0i64; order.len()];
+    for &k in &inverse {
+        counts[rank[k]] += 1;
+    }
+    let inv: Vec<i64> = inverse.iter().map(|&k| rank[k] as i64).collect();
+    let picked = {
+        let mut shape = moved.shape().to_vec();
+        shape[0] = idx.len();
+        let es = moved.dtype().size() * per;
+        let src = moved.bytes();
+        let mut out = Tensor::zeros(moved.dtype(), &shape)?;
+        let o = out.bytes_mut();
+        for (j, &i) in idx.iter().enumerate() {
+            o[j * es..(j + 1) * es].copy_from_slice(&src[i as usize * es..(i as usize + 1) * es]);
+        }
+        out
+    };
+    let mut inv_perm = vec![0; perm.len()];
+    for (i, &p) in perm.iter().enumerate() {
+        inv_perm[p] = i;
+    }
+    let y = transpose(&picked, &inv_perm)?;
+    let k = idx.len();
+    Ok(vec![y, Tensor::from_vec(&[k], idx)?, Tensor::from_vec(&[n], inv)?, Tensor::from_vec(&[k], counts)?])
+}
+
 impl LayoutOp {
     /// The value of `Shape`/`Size` for a fully known input shape (for folding).
     pub fn shape_of_fixed(&self, dims: &[usize]) -> Option<Tensor> {
@@ -666,6 +817,10 @@ impl OpImpl for LayoutOp {
             NonZero => "NonZero",
             EyeLike { .. } => "EyeLike",
             Compress { .. } => "Compress",
+            BitCast { .. } => "BitCast",
+            CenterCropPad { .. } => "CenterCropPad",
+            ReverseSequence { .. } => "ReverseSequence",
+            Unique { .. } => "Unique",
         }
     }
 
@@ -964,6 +1119,28 @@ impl OpImpl for LayoutOp {
                 out
             }
             Compress { axis } => compress(x()?, input(inputs, 1, "condition")?, *axis)?,
+            BitCast { to } => {
+                let x = x()?;
+                if to.size() != x.dtype().size() {
+                    bail!("BitCast from {} to {to}: widths differ", x.dtype());
+                }
+                let mut out = Tensor::from_bytes(*to, x.shape(), x.bytes())?;
+                if *to == DType::Bool {
+                    out.bytes_mut().iter_mut().for_each(|b| *b = (*b != 0) as u8);
+                }
+                out
+            }
+            CenterCropPad { axes } => {
+                center_crop_pad(x()?, &input(inputs, 1, "shape")?.to_i64_vec()?, axes.as_deref())?
+            }
+            ReverseSequence { time_axis, batch_axis } => {
+                reverse_sequence(x()?, &input(inputs, 1, "sequence_lens")?.to_i64_vec()?, *time_axis, *batch_axis)?
+            }
+            Unique { axis, sorted } => {
+                let mut outs = unique(x()?, *axis, *sorted)?;
+                outs.truncate(ctx.n_outputs.max(1));
+                return Ok(outs);
+            }
         };
         Ok(vec![out])
     }

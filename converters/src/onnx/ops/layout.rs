@@ -116,4 +116,13 @@ pub fn register(r: &mut Registry) {
     r.add("NonZero", 9, 13, |_| l(LayoutOp::NonZero));
     r.add("EyeLike", 9, 22, |c| l(LayoutOp::EyeLike { dtype: dtype_attr(c, "dtype")?, k: c.int_or("k", 0)? }));
     r.add("Compress", 9, 11, |c| l(LayoutOp::Compress { axis: c.int("axis")? }));
+    r.add("BitCast", 26, 26, |c| match dtype_attr(c, "to")? {
+        Some(to) => l(LayoutOp::BitCast { to }),
+        None => conv_invalid!("BitCast needs a 'to' attribute"),
+    });
+    r.add("CenterCropPad", 18, 18, |c| l(LayoutOp::CenterCropPad { axes: c.ints("axes")? }));
+    r.add("ReverseSequence", 10, 10, |c| {
+        l(LayoutOp::ReverseSequence { time_axis: c.int_or("time_axis", 0)?, batch_axis: c.int_or("batch_axis", 1)? })
+    });
+    r.add("Unique", 11, 11, |c| l(LayoutOp::Unique { axis: c.int("axis")?, sorted: c.int_or("sorted", 1)? != 0 }));
 }
