@@ -20,11 +20,28 @@ pub enum Reduction {
 
 #[derive(Clone, Debug)]
 pub enum GatherOp {
-    Gather { axis: i64 },
-    GatherElements { axis: i64 },
-    GatherND { batch_dims: usize },
-    ScatterND { reduction: Reduction },
-    ScatterElements { axis: i64, reduction: Reduction },
+    Gather {
+        axis: i64,
+    },
+    GatherElements {
+        axis: i64,
+    },
+    GatherND {
+        batch_dims: usize,
+    },
+    ScatterND {
+        reduction: Reduction,
+    },
+    ScatterElements {
+        axis: i64,
+        reduction: Reduction,
+    },
+    /// KV-cache update (opset 24): writes `update` into `past_cache` along `axis`
+    /// at per-batch `write_indices`, wrapping around when `circular`.
+    TensorScatter {
+        axis: i64,
+        circular: bool,
+    },
 }
 
 fn fix_index(i: i64, dim: usize) -> Result<usize> {
@@ -235,6 +252,58 @@ fn scatter_elements(data: &Tensor, idx: &Tensor, updates: &Tensor, axis: i64, r:
     scatter_flat(data, updates, &offs, 1, r)
 }
 
+fn tensor_scatter(cache: &Tensor, update: &Tensor, write: Option<&[i64]>, axis: i64, circular: bool) -> Result<Tensor> {
+    let r = cache.rank();
+    let a = norm_axis(axis, r)?;
+    if update.rank() != r || update.dtype() != cache.dtype() || a == 0 {
+        bail!(
+            "TensorScatter: update {:?} {} does not fit cache {:?} {} on axis {a}",
+            update.shape(),
+            update.dtype(),
+            cache.shape(),
+            cache.dtype()
+        );
+    }
+    for d in 0..r {
+        let ok = if d == a { update.shape()[d] <= cache.shape()[d] } else { update.shape()[d] == cache.shape()[d] };
+        if !ok {
+            return Err(Error::Shape(format!(
+                "TensorScatter: update {:?} vs cache {:?} at dim {d}",
+                update.shape(),
+                cache.shape()
+            )));
+        }
+    }
+    let batch = cache.shape()[0];
+    let zeros = vec![0i64; batch];
+    let write = write.unwrap_or(&zeros);
+    if write.len() != batch {
+        bail!("TensorScatter: {} write_indices for batch {batch}", write.len());
+    }
+    let (max_len, seq) = (cache.shape()[a], update.shape()[a]);
+    let outer: usize = cache.shape()[..a].iter().product();
+    let per_batch = outer / batch.max(1);
+    let inner: usize = cache.shape()[a + 1..].iter().product::<usize>() * cache.dtype().size();
+    let mut out = cache.clone();
+    let (u, o) = (update.bytes(), out.bytes_mut());
+    for p in 0..outer {
+        let w = write[p / per_batch.max(1)];
+        for t in 0..seq {
+            let mut pos = w + t as i64;
+            if circular {
+                pos = pos.rem_euclid(max_len as i64);
+            }
+            if pos < 0 || pos as usize >= max_len {
+                bail!("TensorScatter: write position {pos} is outside a cache of length {max_len}");
+            }
+            let dst = (p * max_len + pos as usize) * inner;
+            let src = (p * seq + t) * inner;
+            o[dst..dst + inner].copy_from_slice(&u[src..src + inner]);
+        }
+    }
+    Ok(out)
+}
+
 impl OpImpl for GatherOp {
     fn name(&self) -> &'static str {
         match self {
@@ -243,6 +312,7 @@ impl OpImpl for GatherOp {
             GatherOp::GatherND { .. } => "GatherND",
             GatherOp::ScatterND { .. } => "ScatterND",
             GatherOp::ScatterElements { .. } => "ScatterElements",
+            GatherOp::TensorScatter { .. } => "TensorScatter",
         }
     }
 
@@ -262,13 +332,19 @@ impl OpImpl for GatherOp {
             },
             GatherOp::GatherElements { .. } => idx.shape.clone(),
             GatherOp::GatherND { .. } => None,
-            GatherOp::ScatterND { .. } | GatherOp::ScatterElements { .. } => x.shape.clone(),
+            GatherOp::ScatterND { .. } | GatherOp::ScatterElements { .. } | GatherOp::TensorScatter { .. } => {
+                x.shape.clone()
+            }
         };
         Ok(vec![Fact { dtype: x.dtype, shape }])
     }
 
     fn eval(&self, _ctx: &EvalCtx, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
         let x = input(inputs, 0, "data")?;
+        if let GatherOp::TensorScatter { axis, circular } = self {
+            let idx = super::opt_input(inputs, 2).map(|t| t.to_i64_vec()).transpose()?;
+            return Ok(vec![tensor_scatter(x, input(inputs, 1, "update")?, idx.as_deref(), *axis, *circular)?]);
+        }
         let idx = input(inputs, 1, "indices")?;
         if idx.dtype().is_float() {
             return Err(Error::DType { expected: "int32 or int64 indices".into(), actual: idx.dtype() });
@@ -278,6 +354,7 @@ impl OpImpl for GatherOp {
             GatherOp::GatherElements { axis } => gather_elements(x, idx, *axis)?,
             GatherOp::GatherND { batch_dims } => gather_nd(x, idx, *batch_dims)?,
             GatherOp::ScatterND { reduction } => scatter_nd(x, idx, input(inputs, 2, "updates")?, *reduction)?,
+            GatherOp::TensorScatter { .. } => unreachable!("handled above"),
             GatherOp::ScatterElements { axis, reduction } => {
                 scatter_elements(x, idx, input(inputs, 2, "updates")?, *axis, *reduction)?
             }

@@ -14,8 +14,54 @@ use floe_kernels::gemm::{sgemm, MatRef};
 #[derive(Clone, Debug)]
 pub enum MatMulOp {
     MatMul,
-    Gemm { alpha: f32, beta: f32, trans_a: bool, trans_b: bool },
+    Gemm {
+        alpha: f32,
+        beta: f32,
+        trans_a: bool,
+        trans_b: bool,
+    },
     MatMulInteger,
+    /// Determinant of the last two (square) dims, by LU with partial pivoting.
+    Det,
+}
+
+fn det(x: &Tensor) -> Result<Tensor> {
+    let r = x.rank();
+    if r < 2 || x.shape()[r - 1] != x.shape()[r - 2] {
+        bail!("Det needs [..., n, n], got {:?}", x.shape());
+    }
+    let n = x.shape()[r - 1];
+    let v = x.to_f64_vec();
+    let batch = x.numel() / (n * n).max(1);
+    let mut out = Vec::with_capacity(batch);
+    for b in 0..batch {
+        let mut m = v[b * n * n..(b + 1) * n * n].to_vec();
+        let mut d = 1.0;
+        for c in 0..n {
+            let p = (c..n).max_by(|&i, &j| m[i * n + c].abs().total_cmp(&m[j * n + c].abs())).unwrap_or(c);
+            if m[p * n + c] == 0.0 {
+                d = 0.0;
+                break;
+            }
+            if p != c {
+                for k in 0..n {
+                    m.swap(p * n + k, c * n + k);
+                }
+                d = -d;
+            }
+            d *= m[c * n + c];
+            for i in c + 1..n {
+                let f = m[i * n + c] / m[c * n + c];
+                for k in c..n {
+                    m[i * n + k] -= f * m[c * n + k];
+                }
+            }
+        }
+        out.push(d);
+    }
+    let shape = &x.shape()[..r - 2];
+    crate::dispatch_float!(x.dtype(), T => Tensor::from_vec(shape, out.iter().map(|&d| T::from_f64(d)).collect::<Vec<T>>()),
+        _ => bail!("Det expects a float input, got {}", x.dtype()))
 }
 
 /// Batched matmul on f32/f64/f16/int tensors with numpy's rank rules.
@@ -189,6 +235,7 @@ impl OpImpl for MatMulOp {
             MatMulOp::MatMul => "MatMul",
             MatMulOp::Gemm { .. } => "Gemm",
             MatMulOp::MatMulInteger => "MatMulInteger",
+            MatMulOp::Det => "Det",
         }
     }
 
@@ -213,6 +260,10 @@ impl OpImpl for MatMulOp {
                     _ => None,
                 },
             },
+            MatMulOp::Det => Fact {
+                dtype: a.dtype,
+                shape: a.shape.as_ref().filter(|s| s.rank() >= 2).map(|s| Shape(s.0[..s.rank() - 2].to_vec())),
+            },
             MatMulOp::MatMulInteger => Fact {
                 dtype: Some(DType::I32),
                 shape: match (&a.shape, &b.shape) {
@@ -233,12 +284,16 @@ impl OpImpl for MatMulOp {
 
     fn eval(&self, _ctx: &EvalCtx, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
         let a = input(inputs, 0, "A")?;
+        if let MatMulOp::Det = self {
+            return Ok(vec![det(a)?]);
+        }
         let b = input(inputs, 1, "B")?;
         Ok(vec![match self {
             MatMulOp::MatMul => matmul(a, b)?,
             MatMulOp::Gemm { alpha, beta, trans_a, trans_b } => {
                 gemm(a, b, opt_input(inputs, 2), *alpha, *beta, *trans_a, *trans_b)?
             }
+            MatMulOp::Det => unreachable!("handled above"),
             MatMulOp::MatMulInteger => matmul_integer(a, b, opt_input(inputs, 2), opt_input(inputs, 3))?,
         }])
     }

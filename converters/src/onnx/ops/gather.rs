@@ -28,6 +28,14 @@ pub fn register(r: &mut Registry) {
     r.add("ScatterElements", 11, 18, |c| {
         g(GatherOp::ScatterElements { axis: c.int_or("axis", 0)?, reduction: reduction(c)? })
     });
+    r.add("TensorScatter", 24, 24, |c| {
+        let circular = match c.string("mode")?.as_deref().unwrap_or("linear") {
+            "linear" => false,
+            "circular" => true,
+            other => conv_invalid!("TensorScatter mode '{other}'"),
+        };
+        g(GatherOp::TensorScatter { axis: c.int_or("axis", -2)?, circular })
+    });
     r.add("Scatter", 9, 10, |c| {
         g(GatherOp::ScatterElements { axis: c.int_or("axis", 0)?, reduction: Reduction::None })
     });

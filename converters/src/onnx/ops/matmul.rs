@@ -15,4 +15,5 @@ pub fn register(r: &mut Registry) {
         .into())
     });
     r.add("MatMulInteger", 10, 10, |_| Ok(MatMulOp::MatMulInteger.into()));
+    r.add("Det", 11, 22, |_| Ok(MatMulOp::Det.into()));
 }
