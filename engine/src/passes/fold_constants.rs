@@ -5,6 +5,7 @@
 //! Together this folds the Shape -> Gather -> Concat -> Reshape chains exporters
 //! emit into constant shapes "where input shapes allow".
 
+use super::shape_values::{ShapeValues, SymValue};
 use crate::error::Result;
 use crate::graph::Graph;
 use crate::ops::layout::LayoutOp;
@@ -32,8 +33,14 @@ pub fn infer_and_fold(g: &mut Graph, opts: FoldOptions) -> Result<usize> {
     let mut keep = Vec::with_capacity(g.nodes.len());
     let mut folded = 0;
     let nodes = std::mem::take(&mut g.nodes);
+    let mut sym = ShapeValues::default();
     for node in nodes {
         let ins: Vec<Option<&crate::Value>> = node.inputs.iter().map(|i| i.map(|i| &g.values[i])).collect();
+        let sym_ins: Vec<Option<SymValue>> =
+            node.inputs.iter().map(|i| i.and_then(|i| sym.get(i, g.values[i].konst.as_ref()))).collect();
+        let konsts: Vec<Option<&Tensor>> = ins.iter().map(|v| v.and_then(|v| v.konst.as_ref())).collect();
+        let x_shape = ins.first().copied().flatten().and_then(|v| v.fact.shape.as_ref());
+        let sym_out = ShapeValues::propagate(&node.op, &sym_ins, &konsts, x_shape);
         let all_const = ins.iter().all(|v| v.is_none_or(|v| v.konst.is_some())) && node.op.subgraphs().is_empty();
         // Shape and Size of fully known shapes fold without the input's value.
         let shape_value = match &node.op {
@@ -46,7 +53,8 @@ pub fn infer_and_fold(g: &mut Graph, opts: FoldOptions) -> Result<usize> {
                 .and_then(|dims| l.shape_of_fixed(&dims)),
             _ => None,
         };
-        let outputs = if let Some(t) = shape_value {
+        let sym_const = sym_out.as_ref().and_then(|v| v.to_tensor()).filter(|_| node.outputs.len() == 1);
+        let outputs = if let Some(t) = shape_value.or(sym_const) {
             Some(vec![t])
         } else if all_const {
             let refs: Vec<Option<&Tensor>> = ins.iter().map(|v| v.and_then(|v| v.konst.as_ref())).collect();
@@ -74,8 +82,18 @@ pub fn infer_and_fold(g: &mut Graph, opts: FoldOptions) -> Result<usize> {
             .zip(&node.inputs)
             .map(|(f, i)| InferInput { fact: f, value: i.and_then(|i| g.values[i].konst.as_ref()) })
             .collect();
-        let inferred =
+        let mut inferred =
             node.op.infer(&infer_ins, node.outputs.len()).map_err(|e| e.in_node(&node.name, node.op.name()))?;
+        if let (Op::Layout(LayoutOp::Reshape { allowzero }), Some(Some(target))) = (&node.op, sym_ins.get(1)) {
+            if let Some(f) = inferred.first_mut() {
+                let s = ShapeValues::reshape_shape(facts[0].shape.as_ref(), target, *allowzero);
+                let known = Fact { dtype: None, shape: Some(s) };
+                f.shape = merge_facts(&known, &Fact { dtype: None, shape: f.shape.clone() }).shape;
+            }
+        }
+        if let (Some(v), Some(&o)) = (sym_out, node.outputs.first()) {
+            sym.set(o, v);
+        }
         for (&o, f) in node.outputs.iter().zip(inferred) {
             let v = &mut g.values[o];
             v.fact = merge_facts(&v.fact, &f);
