@@ -8,6 +8,7 @@
 pub mod attention;
 pub mod broadcast;
 pub mod control;
+pub mod detection;
 pub mod conv;
 pub mod einsum;
 pub mod elementwise;
@@ -99,6 +100,7 @@ op_enum! {
     Loss(loss::LossOp),
     Attention(attention::AttentionOp),
     Signal(signal::SignalOp),
+    Detection(detection::DetectionOp),
 }
 
 impl Op {

@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod constant;
 pub mod control;
+pub mod detection;
 pub mod conv;
 pub mod einsum;
 pub mod elementwise;
@@ -41,4 +42,5 @@ pub fn register_all(r: &mut Registry) {
     loss::register(r);
     attention::register(r);
     signal::register(r);
+    detection::register(r);
 }
