@@ -27,6 +27,8 @@ enum Command {
     Conformance(commands::conformance::ConformanceArgs),
     /// List the supported ONNX ops and their opset ranges.
     Ops(commands::ops::OpsArgs),
+    /// List the board presets (target triple, kernel family).
+    Targets(commands::targets::TargetsArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Conformance(a) => commands::conformance::run(a),
         Command::Ops(a) => commands::ops::run(a),
+        Command::Targets(a) => commands::targets::run(a),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,7 @@ pub mod conformance;
 pub mod inspect;
 pub mod ops;
 pub mod run;
+pub mod targets;
 
 use anyhow::{bail, Context, Result};
 use floe_engine::{DType, Element, Tensor};
