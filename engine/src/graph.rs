@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 pub type ValueId = usize;
 
 /// One SSA value.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Value {
     pub name: String,
     pub fact: Fact,
@@ -24,7 +24,7 @@ pub struct Value {
 }
 
 /// One operation.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Node {
     pub name: String,
     pub op: Op,
@@ -34,7 +34,7 @@ pub struct Node {
 }
 
 /// A computation graph (a model's main graph or an If/Loop/Scan body).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Graph {
     pub values: Vec<Value>,
     pub nodes: Vec<Node>,

@@ -7,6 +7,7 @@
 pub mod dtype;
 pub mod error;
 pub mod exec;
+pub mod format;
 pub mod graph;
 pub mod npy;
 pub mod ops;

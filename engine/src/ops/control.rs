@@ -12,7 +12,7 @@ use crate::graph::Graph;
 use crate::shape::Fact;
 use crate::tensor::Tensor;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum ControlOp {
     /// Inputs: `cond`, then the captures.
     If { then_branch: Box<Graph>, else_branch: Box<Graph> },

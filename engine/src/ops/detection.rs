@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::shape::{Dim, Fact, Shape};
 use crate::tensor::Tensor;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum DetectionOp {
     /// `center_point_box`: boxes are `[x_center, y_center, w, h]` instead of corners.
     NonMaxSuppression { center_point_box: bool },

@@ -14,7 +14,7 @@ use crate::tensor::Tensor;
 use crate::{bail, dispatch_numeric};
 
 /// Unary math and activations.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum UnaryOp {
     Neg,
     Abs,
@@ -61,7 +61,7 @@ pub enum UnaryOp {
 }
 
 /// Broadcasting binary ops.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum BinaryOp {
     Add,
     Sub,
@@ -91,7 +91,7 @@ pub enum BinaryOp {
 }
 
 /// N-ary broadcasting reductions over inputs.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum VariadicOp {
     Sum,
     Mean,
@@ -99,7 +99,7 @@ pub enum VariadicOp {
     Min,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum ElementwiseOp {
     Unary(UnaryOp),
     Binary(BinaryOp),

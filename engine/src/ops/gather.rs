@@ -9,7 +9,7 @@ use crate::shape::{Dim, Fact, Shape};
 use crate::tensor::Tensor;
 use crate::{bail, dispatch_numeric};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Reduction {
     None,
     Add,
@@ -18,7 +18,7 @@ pub enum Reduction {
     Min,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum GatherOp {
     Gather {
         axis: i64,

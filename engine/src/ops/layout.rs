@@ -13,7 +13,7 @@ use crate::shape::{Dim, Fact, Shape};
 use crate::tensor::Tensor;
 use crate::{bail, dispatch_numeric};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PadMode {
     Constant,
     Reflect,
@@ -21,7 +21,7 @@ pub enum PadMode {
     Wrap,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum LayoutOp {
     Reshape {
         allowzero: bool,

@@ -9,14 +9,14 @@ use crate::shape::{Fact, Shape};
 use crate::tensor::Tensor;
 use crate::{bail, dispatch_float};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LossReduction {
     None,
     Sum,
     Mean,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum LossOp {
     /// Inputs: log-probabilities `[N, C, d...]`, target `[N, d...]`, optional weight `[C]`.
     NegativeLogLikelihood { reduction: LossReduction, ignore_index: Option<i64> },

@@ -11,7 +11,7 @@ use crate::tensor::Tensor;
 use crate::{bail, dispatch_numeric};
 use floe_kernels::gemm::{sgemm, MatRef};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum MatMulOp {
     MatMul,
     Gemm {

@@ -61,7 +61,7 @@ pub trait OpImpl {
 macro_rules! op_enum {
     ($($variant:ident($ty:ty)),* $(,)?) => {
         /// Every op floe can execute, grouped by family.
-        #[derive(Clone, Debug)]
+        #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
         pub enum Op {
             $($variant($ty)),*
         }

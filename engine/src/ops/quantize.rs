@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::shape::Fact;
 use crate::tensor::Tensor;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum QuantOp {}
 
 impl OpImpl for QuantOp {

@@ -9,7 +9,7 @@ use crate::shape::{Dim, Fact, Shape};
 use crate::tensor::Tensor;
 use crate::{bail, dispatch_numeric};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ReduceKind {
     Sum,
     Mean,
@@ -23,7 +23,7 @@ pub enum ReduceKind {
     SumSquare,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum ReduceOp {
     /// Axes from the attribute (older opsets) or input 1.
     Reduce {

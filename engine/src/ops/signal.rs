@@ -15,14 +15,14 @@ use crate::tensor::Tensor;
 use crate::{bail, dispatch_float};
 use std::f64::consts::PI;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum WindowKind {
     Hann,
     Hamming,
     Blackman,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum SignalOp {
     /// `axis` from the attribute (opset 17) or input 2 (opset 20).
     Dft {

@@ -8,14 +8,14 @@ use crate::shape::Fact;
 use crate::tensor::Tensor;
 use crate::{bail, dispatch_float};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SoftmaxKind {
     Softmax,
     LogSoftmax,
     Hardmax,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct SoftmaxOp {
     pub kind: SoftmaxKind,
     pub axis: i64,
