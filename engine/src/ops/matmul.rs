@@ -21,6 +21,9 @@ pub enum MatMulOp {
         trans_b: bool,
     },
     MatMulInteger,
+    /// `x @ w + bias` with `w` `[K, N]` and optional `bias` `[N]`: MatMul+Add fused
+    /// by `passes::fuse_linear`, one GEMM pass that starts from the bias.
+    Linear,
     /// Determinant of the last two (square) dims, by LU with partial pivoting.
     Det,
 }
@@ -176,6 +179,42 @@ fn gemm(a: &Tensor, b: &Tensor, c: Option<&Tensor>, alpha: f32, beta: f32, ta: b
     Ok(out)
 }
 
+/// `x @ w + bias` for f32 `x` `[..., K]`, `w` `[K, N]`, `bias` `[N]`.
+pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    if x.dtype() != DType::F32 || w.dtype() != DType::F32 || w.rank() != 2 || x.rank() == 0 {
+        // Other dtypes and shapes: the unfused definition.
+        let p = matmul(x, w)?;
+        return match bias {
+            Some(b) => super::elementwise::BinaryOp::Add.eval(&p, b),
+            None => Ok(p),
+        };
+    }
+    let (k, n) = (w.shape()[0], w.shape()[1]);
+    if x.shape()[x.rank() - 1] != k {
+        return Err(Error::Shape(format!("Linear: input {:?} does not match weight {:?}", x.shape(), w.shape())));
+    }
+    let m = x.numel() / k.max(1);
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("rank >= 1") = n;
+    let mut out = Tensor::zeros(DType::F32, &shape)?;
+    let o = out.as_mut_slice::<f32>()?;
+    let beta = match bias {
+        Some(b) => {
+            let bv = b.as_slice::<f32>()?;
+            if bv.len() != n {
+                return Err(Error::Shape(format!("Linear: bias {:?} does not match {n} outputs", b.shape())));
+            }
+            for row in o.chunks_mut(n.max(1)) {
+                row.copy_from_slice(bv);
+            }
+            1.0
+        }
+        None => 0.0,
+    };
+    sgemm(1.0, MatRef::new(x.as_slice::<f32>()?, m, k), MatRef::new(w.as_slice::<f32>()?, k, n), beta, o);
+    Ok(out)
+}
+
 fn broadcast_c(c: &Tensor, m: usize, n: usize) -> Result<Vec<f64>> {
     let shape = broadcast_shapes(&[c.shape(), &[m, n]])?;
     if shape != [m, n] {
@@ -235,6 +274,7 @@ impl OpImpl for MatMulOp {
             MatMulOp::MatMul => "MatMul",
             MatMulOp::Gemm { .. } => "Gemm",
             MatMulOp::MatMulInteger => "MatMulInteger",
+            MatMulOp::Linear => "Linear",
             MatMulOp::Det => "Det",
         }
     }
@@ -257,6 +297,17 @@ impl OpImpl for MatMulOp {
                         x.0[if *trans_a { 1 } else { 0 }].clone(),
                         y.0[if *trans_b { 0 } else { 1 }].clone(),
                     ])),
+                    _ => None,
+                },
+            },
+            MatMulOp::Linear => Fact {
+                dtype: a.dtype,
+                shape: match (&a.shape, &b.shape) {
+                    (Some(x), Some(w)) if x.rank() >= 1 && w.rank() == 2 => {
+                        let mut d = x.0[..x.rank() - 1].to_vec();
+                        d.push(w.0[1].clone());
+                        Some(Shape(d))
+                    }
                     _ => None,
                 },
             },
@@ -294,6 +345,7 @@ impl OpImpl for MatMulOp {
                 gemm(a, b, opt_input(inputs, 2), *alpha, *beta, *trans_a, *trans_b)?
             }
             MatMulOp::Det => unreachable!("handled above"),
+            MatMulOp::Linear => linear(a, b, opt_input(inputs, 2))?,
             MatMulOp::MatMulInteger => matmul_integer(a, b, opt_input(inputs, 2), opt_input(inputs, 3))?,
         }])
     }

@@ -2,7 +2,12 @@
 
 pub mod dead_nodes;
 pub mod fold_constants;
+pub mod fuse_gelu;
+pub mod fuse_linear;
 pub mod shape_values;
+pub mod util;
 
 pub use dead_nodes::remove_dead_nodes;
 pub use fold_constants::{infer_and_fold, FoldOptions};
+pub use fuse_gelu::fuse_gelu;
+pub use fuse_linear::fuse_linear;
