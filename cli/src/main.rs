@@ -16,6 +16,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Convert an ONNX model to a .floe file: optimised graph, weights quantized
+    /// (--quantize f16|int8) and laid out for memory-mapped loading.
+    Convert(commands::convert::ConvertArgs),
     /// Run a model once and print each output's name, shape and statistics
     /// (inputs from .npy files, or random with a fixed seed).
     Run(commands::run::RunArgs),
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
     }));
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Convert(a) => commands::convert::run(a),
         Command::Run(a) => commands::run::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Conformance(a) => commands::conformance::run(a),

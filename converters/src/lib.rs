@@ -5,5 +5,6 @@
 
 pub mod conformance;
 pub mod onnx;
+pub mod pipeline;
 
 pub use onnx::{load, load_bytes, ImportError, ImportedModel};

@@ -1,6 +1,7 @@
 //! One module per subcommand; shared helpers for loading models and inputs.
 
 pub mod conformance;
+pub mod convert;
 pub mod inspect;
 pub mod ops;
 pub mod run;
@@ -9,6 +10,38 @@ pub mod targets;
 use anyhow::{bail, Context, Result};
 use floe_engine::{DType, Element, Tensor};
 use std::collections::HashMap;
+
+/// A model from either file kind.
+pub enum LoadedModel {
+    Onnx(floe_convert::ImportedModel),
+    Floe(floe_engine::format::Model),
+}
+
+impl LoadedModel {
+    pub fn graph(&self) -> &floe_engine::Graph {
+        match self {
+            LoadedModel::Onnx(m) => &m.graph,
+            LoadedModel::Floe(m) => &m.graph,
+        }
+    }
+}
+
+/// True if the file starts with the `.floe` magic.
+pub fn is_floe(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 8];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok()
+        && magic == floe_engine::format::header::MAGIC
+}
+
+/// Loads a `.floe` file (memory-mapped) or imports an ONNX model (in memory).
+pub fn load_model(path: &std::path::Path) -> Result<LoadedModel> {
+    if is_floe(path) {
+        Ok(LoadedModel::Floe(floe_engine::format::Model::load(path)?))
+    } else {
+        Ok(LoadedModel::Onnx(floe_convert::load(path)?))
+    }
+}
 
 /// Parses repeated `NAME=VALUE` flags.
 pub fn parse_pairs(items: &[String], flag: &str) -> Result<Vec<(String, String)>> {

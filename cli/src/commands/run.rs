@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// The model (.onnx).
+    /// The model (.onnx or .floe).
     model: PathBuf,
     /// An input as NAME=FILE.npy (repeat for several). Inputs not given are random.
     #[arg(long = "input", value_name = "NAME=FILE.npy")]
@@ -30,8 +30,8 @@ pub struct RunArgs {
 
 pub fn run(a: RunArgs) -> Result<ExitCode> {
     let symbols = parse_dims(&a.dims)?;
-    let model = floe_convert::onnx::load(&a.model)?;
-    let g = &model.graph;
+    let model = super::load_model(&a.model)?;
+    let g = model.graph();
     let mut given: HashMap<String, floe_engine::Tensor> = HashMap::new();
     for (name, file) in parse_pairs(&a.inputs, "--input")? {
         if !g.inputs.iter().any(|&i| g.values[i].name == name) {

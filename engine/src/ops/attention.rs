@@ -27,9 +27,10 @@ use crate::tensor::Tensor;
 use crate::{bail, dispatch_float};
 
 /// What the optional fourth output of `Attention` (`qk_matmul_output`) holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum QkOutput {
-    /// 0: the scaled product `scale * Q Kᵀ`.
+    /// 0: the scaled product `scale * Q Kᵀ`. This follows the spec text; the numpy
+    /// reference (onnx 1.22) returns the softcapped scores here when softcap is on.
     Raw,
     /// 1: after softcap (equal to `Raw` when softcap is off).
     Softcapped,
@@ -39,7 +40,7 @@ pub enum QkOutput {
     Softmax,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum AttentionOp {
     /// ONNX `Attention`. Inputs: Q, K, V, attn_mask?, past_key?, past_value?,
     /// nonpad_kv_seqlen? (opset 24). Outputs: Y, present_key?, present_value?,
@@ -96,7 +97,7 @@ impl Heads {
         let &[batch, seq, hidden] = t.shape() else {
             bail!("{what} must be 3-D [batch, seq, hidden], got shape {:?}", t.shape());
         };
-        if heads == 0 || hidden % heads != 0 {
+        if heads == 0 || !hidden.is_multiple_of(heads) {
             bail!("{what} hidden size {hidden} is not a multiple of its {heads} heads");
         }
         let dim = hidden / heads;
@@ -201,6 +202,8 @@ impl Bias {
     /// A float (additive) or bool (`true` = attend) mask of rank 1..=4, broadcastable
     /// to `[B, Hq, L, S_total]`. Its last dim may be shorter than `S_total`; the
     /// missing keys are masked, as the spec says (it is never broadcast).
+    /// A bool mask means the same with or without `is_causal` (the numpy reference
+    /// turns every `true` into NaN when both are used: `0 * -inf`).
     pub fn with_mask(mut self, mask: &Tensor, target: [usize; 4]) -> Result<Bias> {
         let r = mask.rank();
         if r == 0 || r > 4 {
@@ -281,7 +284,7 @@ pub fn attention(
     if k.heads != v.heads {
         bail!("K has {} heads but V has {}", k.heads, v.heads);
     }
-    if k.heads == 0 || q.heads % k.heads != 0 {
+    if k.heads == 0 || !q.heads.is_multiple_of(k.heads) {
         bail!("q_num_heads ({}) must be a multiple of kv_num_heads ({})", q.heads, k.heads);
     }
     let group = q.heads / k.heads;
@@ -335,7 +338,7 @@ pub fn attention(
 /// Non-interleaved pairs are `(x[i], x[i + rot/2])`; interleaved, `(x[2i], x[2i+1])`.
 pub fn rotary_embedding(x: &mut Heads, cos: &[f64], sin: &[f64], rot: usize, interleaved: bool) -> Result<()> {
     let half = rot / 2;
-    if rot % 2 != 0 || rot > x.dim {
+    if !rot.is_multiple_of(2) || rot > x.dim {
         bail!("rotary_embedding_dim {rot} must be even and at most head_size {}", x.dim);
     }
     let want = x.batch * x.seq * half;
@@ -492,7 +495,9 @@ impl AttentionOp {
                 Some(n) => Heads::from_3d(xt, n, "X")?,
                 None => bail!("a 3-D RotaryEmbedding input needs the num_heads attribute"),
             },
-            _ => bail!("X must be 3-D [batch, seq, hidden] or 4-D [batch, heads, seq, head_size], got {:?}", xt.shape()),
+            _ => {
+                bail!("X must be 3-D [batch, seq, hidden] or 4-D [batch, heads, seq, head_size], got {:?}", xt.shape())
+            }
         };
         let rot = rotary_dim.unwrap_or(x.dim);
         let half = rot / 2;
@@ -555,7 +560,7 @@ fn dim_add(a: &Dim, b: &Dim) -> Dim {
 /// `a / n` when `a` is known and divisible.
 fn dim_div(a: &Dim, n: Option<usize>) -> Dim {
     match (a, n) {
-        (Dim::Fixed(x), Some(n)) if n > 0 && x % n == 0 => Dim::Fixed(x / n),
+        (Dim::Fixed(x), Some(n)) if n > 0 && x.is_multiple_of(n) => Dim::Fixed(x / n),
         _ => Dim::Unknown,
     }
 }
@@ -583,11 +588,8 @@ impl OpImpl for AttentionOp {
                 let (q, k, v) = (fact(0), fact(1), fact(2));
                 let dims = |f: &Fact, r: usize| f.shape.as_ref().filter(|s| s.rank() == r).map(|s| s.0.clone());
                 // Past length: 0 when no past input is wired; unknown when its shape is.
-                let past = if inputs.len() <= 4 {
-                    Some(Dim::Fixed(0))
-                } else {
-                    dims(&fact(4), 4).map(|d| d[2].clone())
-                };
+                let past =
+                    if inputs.len() <= 4 { Some(Dim::Fixed(0)) } else { dims(&fact(4), 4).map(|d| d[2].clone()) };
                 let total = |s: &Dim| past.as_ref().map_or(Dim::Unknown, |p| dim_add(p, s));
                 // (y, present_key, present_value, qk) shapes.
                 let shapes: [Option<Vec<Dim>>; 4] = match (dims(&q, 4), dims(&k, 4), dims(&v, 4)) {
@@ -621,16 +623,7 @@ impl OpImpl for AttentionOp {
     fn eval(&self, ctx: &EvalCtx, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
         match *self {
             AttentionOp::Attention { is_causal, q_num_heads, kv_num_heads, scale, softcap, qk_output } => self
-                .eval_attention(
-                    ctx.n_outputs,
-                    inputs,
-                    is_causal,
-                    q_num_heads,
-                    kv_num_heads,
-                    scale,
-                    softcap,
-                    qk_output,
-                ),
+                .eval_attention(ctx.n_outputs, inputs, is_causal, q_num_heads, kv_num_heads, scale, softcap, qk_output),
             AttentionOp::RotaryEmbedding { interleaved, num_heads, rotary_dim } => {
                 Ok(vec![self.eval_rotary(inputs, interleaved, num_heads, rotary_dim)?])
             }
@@ -796,6 +789,27 @@ mod tests {
         let q1 = t4([1, 1, 1, 2], &[0.0; 2]);
         let k1 = t4([1, 1, 1, 2], &[0.0; 2]);
         assert!(run(&mha(false, QkOutput::Raw), 1, &[Some(&q1), Some(&k1), Some(&k1), Some(&m)]).is_err());
+    }
+
+    #[test]
+    fn infer_adds_past_length_and_leaves_unknown_past_unknown() {
+        let f = |d: &[usize]| Fact::new(DType::F32, Shape::fixed(d));
+        let (q, k, v) = (f(&[2, 9, 4, 8]), f(&[2, 3, 6, 8]), f(&[2, 3, 6, 10]));
+        let (m, pk, pv) = (f(&[4, 18]), f(&[2, 3, 12, 8]), f(&[2, 3, 12, 10]));
+        let ins: Vec<InferInput> =
+            [&q, &k, &v, &m, &pk, &pv].iter().map(|&fact| InferInput { fact, value: None }).collect();
+        let out = mha(false, QkOutput::Raw).infer(&ins, 4).unwrap();
+        let shapes: Vec<Shape> = out.into_iter().map(|o| o.shape.unwrap()).collect();
+        assert_eq!(
+            shapes,
+            [[2, 9, 4, 10], [2, 3, 18, 8], [2, 3, 18, 10], [2, 9, 4, 18]].map(|d| Shape::fixed(&d)).to_vec()
+        );
+        // An omitted past (unknown fact) before nonpad_kv_seqlen: total length unknown.
+        let (u, n) = (Fact::unknown(), f(&[2]));
+        let ins: Vec<InferInput> =
+            [&q, &k, &v, &m, &u, &u, &n].iter().map(|&fact| InferInput { fact, value: None }).collect();
+        let out = mha(false, QkOutput::Raw).infer(&ins, 2).unwrap();
+        assert_eq!(out[1].shape.as_ref().unwrap().0[2], Dim::Unknown);
     }
 
     fn rope(interleaved: bool, rotary_dim: Option<usize>) -> AttentionOp {

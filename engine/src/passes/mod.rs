@@ -4,6 +4,7 @@ pub mod dead_nodes;
 pub mod fold_constants;
 pub mod fuse_gelu;
 pub mod fuse_linear;
+pub mod quantize_weights;
 pub mod shape_values;
 pub mod util;
 
@@ -11,3 +12,4 @@ pub use dead_nodes::remove_dead_nodes;
 pub use fold_constants::{infer_and_fold, FoldOptions};
 pub use fuse_gelu::fuse_gelu;
 pub use fuse_linear::fuse_linear;
+pub use quantize_weights::quantize_weights;
