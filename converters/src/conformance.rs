@@ -104,6 +104,14 @@ pub fn compare(name: &str, got: &Tensor, want: &Tensor, atol: f64) -> Result<(),
 
 /// Runs every data set of one case.
 pub fn run_case(dir: &Path) -> Outcome {
+    run_case_with(dir, &|g| Ok(g.clone()))
+}
+
+/// Turns an imported graph into the graph to run (e.g. convert, write, load back).
+pub type Prepare<'a> = dyn Fn(&floe_engine::Graph) -> Result<floe_engine::Graph, String> + 'a;
+
+/// Like [`run_case`], running the graph `prepare` makes of the imported one.
+pub fn run_case_with(dir: &Path, prepare: &Prepare<'_>) -> Outcome {
     let model = match onnx::load(dir.join("model.onnx")) {
         Ok(m) => m,
         Err(e) if e.is_unsupported() => return Outcome::Unsupported(e.to_string()),
@@ -116,7 +124,11 @@ pub fn run_case(dir: &Path) -> Outcome {
     if sets.is_empty() {
         return Outcome::Failed("no test_data_set_* directory".into());
     }
-    let g = &model.graph;
+    let prepared = match prepare(&model.graph) {
+        Ok(g) => g,
+        Err(m) => return Outcome::Failed(m),
+    };
+    let g = &prepared;
     for set in sets {
         let inputs: Vec<Tensor> = match numbered(&set, "input_").iter().map(|p| read_pb(p)).collect() {
             Ok(v) => v,
