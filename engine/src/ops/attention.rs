@@ -184,8 +184,9 @@ fn to_float_tensor(shape: &[usize], v: &[f64], dtype: DType) -> Result<Tensor> {
 /// broadcast to `[B, Hq, L, S_total]`, the causal triangle, and key padding.
 #[derive(Clone, Debug, Default)]
 pub struct Bias {
-    /// Mask values (bool already turned into 0 / -inf), right-aligned to 4 dims.
-    mask: Option<(Vec<f64>, [usize; 4])>,
+    /// Mask values (bool already turned into 0 / -inf), right-aligned to 4 dims,
+    /// and the `[B, Hq, L, S_total]` they were checked against.
+    mask: Option<(Vec<f64>, [usize; 4], [usize; 4])>,
     /// Causal with this many past positions: key `j` is hidden from query `i`
     /// when `j > i + past`.
     causal_past: Option<usize>,
@@ -227,7 +228,7 @@ impl Bias {
         } else {
             mask.to_f64_vec()
         };
-        self.mask = Some((vals, dims));
+        self.mask = Some((vals, dims, target));
         Ok(self)
     }
 
@@ -248,8 +249,8 @@ impl Bias {
         }
         match &self.mask {
             None => 0.0,
-            Some((_, d)) if j >= d[3] => f64::NEG_INFINITY,
-            Some((v, d)) => {
+            Some((_, d, _)) if j >= d[3] => f64::NEG_INFINITY,
+            Some((v, d, _)) => {
                 let pick = |x: usize, n: usize| if n == 1 { 0 } else { x };
                 v[((pick(b, d[0]) * d[1] + pick(h, d[1])) * d[2] + pick(i, d[2])) * d[3] + j]
             }
@@ -289,6 +290,14 @@ pub fn attention(
     }
     let group = q.heads / k.heads;
     let (l, s) = (q.seq, k.seq);
+    if let Some((_, _, t)) = &bias.mask {
+        if *t != [q.batch, q.heads, l, s] {
+            bail!("the mask was built for scores {t:?}, but they are {:?}", [q.batch, q.heads, l, s]);
+        }
+    }
+    if let Some(n) = bias.nonpad.as_ref().filter(|n| n.len() != q.batch) {
+        bail!("nonpad_kv_seqlen has {} entries for a batch of {}", n.len(), q.batch);
+    }
     let mut y = Heads::zeros(q.batch, q.heads, l, v.dim);
     let mut qk = qk_output.map(|_| Heads::zeros(q.batch, q.heads, l, s));
     let mut scores = vec![0.0; s];
