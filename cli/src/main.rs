@@ -22,6 +22,9 @@ enum Command {
     /// Run a model once and print each output's name, shape and statistics
     /// (inputs from .npy files, or random with a fixed seed).
     Run(commands::run::RunArgs),
+    /// Time a model: load, latency percentiles (median line), throughput, peak
+    /// memory and a per-op time table.
+    Bench(commands::bench::BenchArgs),
     /// Show a model's inputs and outputs (with symbolic dims), op histogram,
     /// parameter count and bytes, opsets, and any unsupported ops.
     Inspect(commands::inspect::InspectArgs),
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Convert(a) => commands::convert::run(a),
         Command::Run(a) => commands::run::run(a),
+        Command::Bench(a) => commands::bench::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Conformance(a) => commands::conformance::run(a),
         Command::Ops(a) => commands::ops::run(a),

@@ -1,5 +1,6 @@
 //! One module per subcommand; shared helpers for loading models and inputs.
 
+pub mod bench;
 pub mod conformance;
 pub mod convert;
 pub mod inspect;

@@ -167,8 +167,7 @@ pub fn reduce_labels(x: &Tensor, labels: &[Label], out_labels: &[Label]) -> Resu
             None => bail!("Einsum: output label {l} is not among the input's labels"),
         }
     }
-    let summed: Vec<(Label, usize, usize)> =
-        uniq.iter().copied().filter(|u| !out_labels.contains(&u.0)).collect();
+    let summed: Vec<(Label, usize, usize)> = uniq.iter().copied().filter(|u| !out_labels.contains(&u.0)).collect();
     let out_shape: Vec<usize> = outs.iter().map(|u| u.1).collect();
     let plain = summed.is_empty() && uniq.len() == labels.len();
     if plain {
@@ -271,7 +270,9 @@ fn contract(a: &Tensor, la: &[Label], b: &Tensor, lb: &[Label], keep: &[Label]) 
             }
         }
     }
-    let dims = |t: &Tensor, ls: &[Label], sel: &[Label]| -> Vec<usize> { sel.iter().map(|&l| t.shape()[pos(ls, l)]).collect() };
+    let dims = |t: &Tensor, ls: &[Label], sel: &[Label]| -> Vec<usize> {
+        sel.iter().map(|&l| t.shape()[pos(ls, l)]).collect()
+    };
     let perm_a: Vec<usize> = batch.iter().chain(&left).chain(&sum).map(|&l| pos(&la, l)).collect();
     let perm_b: Vec<usize> = batch.iter().chain(&sum).chain(&right).map(|&l| pos(&lb, l)).collect();
     let ta = super::layout::transpose(&a, &perm_a)?;

@@ -44,9 +44,17 @@ pub enum QuantOp {
 enum ScaleMap {
     PerTensor,
     /// (axis length, inner size): index = (i / inner) % len.
-    PerAxis { len: usize, inner: usize },
+    PerAxis {
+        len: usize,
+        inner: usize,
+    },
     /// (axis length, scale axis length, inner size, block).
-    Blocked { len: usize, slen: usize, inner: usize, block: usize },
+    Blocked {
+        len: usize,
+        slen: usize,
+        inner: usize,
+        block: usize,
+    },
 }
 
 impl ScaleMap {

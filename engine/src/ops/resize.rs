@@ -7,7 +7,7 @@
 //! line along that axis. The weights and neighbour selection follow the ONNX reference
 //! implementation (`onnx/reference/ops/op_resize.py`), which produced the conformance
 //! data: edge-clamped neighbours, `exclude_outside` renormalisation, `tf_crop_and_resize`
-//! extrapolation. Values are computed in f64 and rounded (integers saturate).
+//! extrapolation. Values are computed in f64; integer outputs round and saturate.
 //! Reference: ONNX operator spec, Resize-19 and Upsample-9.
 
 use super::{input, norm_axis, opt_input, EvalCtx, InferInput, OpImpl};
@@ -207,7 +207,8 @@ fn coeffs(a: &ResizeAttrs, ratio: f64, scale: f64) -> Vec<f64> {
             let s = scale.min(1.0);
             let start = (-1.0 / s).floor() as i64 + 1;
             let n = 2 - 2 * start;
-            let c: Vec<f64> = (start..start + n).map(|i| (1.0 - ((i as f64 - ratio) * s).abs()).clamp(0.0, 1.0)).collect();
+            let c: Vec<f64> =
+                (start..start + n).map(|i| (1.0 - ((i as f64 - ratio) * s).abs()).clamp(0.0, 1.0)).collect();
             normalized(c)
         }
         InterpMode::Linear => vec![1.0 - ratio, ratio],
@@ -311,10 +312,10 @@ fn axis_taps(a: &ResizeAttrs, in_len: usize, out_len: usize, scale: f64, roi: (f
                     base + 1
                 }
             };
-            let start = p as i64 + offset - pad;
+            let start = (p as i64).saturating_add(offset).saturating_sub(pad);
             if a.exclude_outside {
                 for (k, v) in c.iter_mut().enumerate() {
-                    let i = start + k as i64;
+                    let i = start.saturating_add(k as i64);
                     if i < 0 || i >= in_len as i64 {
                         *v = 0.0;
                     }
@@ -326,7 +327,7 @@ fn axis_taps(a: &ResizeAttrs, in_len: usize, out_len: usize, scale: f64, roi: (f
                 c.iter()
                     .enumerate()
                     .filter(|(_, &w)| w != 0.0)
-                    .map(|(k, &w)| ((start + k as i64).clamp(0, last.max(0)) as usize, w))
+                    .map(|(k, &w)| (start.saturating_add(k as i64).clamp(0, last.max(0)) as usize, w))
                     .collect(),
             )
         })
@@ -373,6 +374,9 @@ pub fn resize(x: &Tensor, a: &ResizeAttrs, roi: Option<&[f64]>, target: Target<'
         if in_len == 0 && out_len > 0 {
             bail!("Resize cannot resize empty axis {ax} to {out_len}");
         }
+        if a.antialias && a.mode != InterpMode::Nearest && 2.0 / scale > 1e6 {
+            bail!("Resize antialias filter for scale {scale} on axis {ax} is too wide");
+        }
         let taps = axis_taps(a, in_len, out_len, scale, full_roi[ax]);
         let outer: usize = cur[..ax].iter().product();
         let inner: usize = cur[ax + 1..].iter().product();
@@ -408,7 +412,9 @@ pub fn resize(x: &Tensor, a: &ResizeAttrs, roi: Option<&[f64]>, target: Target<'
     Ok(out)
 }
 
-/// Rounds half to even and clamps into the integer type's range.
+/// Rounds half to even and clamps into the integer type's range, as the ONNX
+/// reference does (onnxruntime truncates a float32 result instead, which can differ
+/// by one).
 fn saturate<T: Element>(v: f64) -> T {
     let (lo, hi) = match T::DTYPE {
         DType::I8 => (i8::MIN as f64, i8::MAX as f64),
@@ -430,8 +436,11 @@ fn nonempty(t: Option<&Tensor>) -> Option<&Tensor> {
     t.filter(|t| t.numel() > 0)
 }
 
+/// The `scales` and `sizes` a node was given (either may be absent).
+type ScalesSizes = (Option<Vec<f64>>, Option<Vec<i64>>);
+
 /// The scales/sizes an op reads, from inputs (or the Upsample-7 attribute).
-fn target_values(op: &ResizeOp, inputs: &[Option<&Tensor>]) -> Result<(Option<Vec<f64>>, Option<Vec<i64>>)> {
+fn target_values(op: &ResizeOp, inputs: &[Option<&Tensor>]) -> Result<ScalesSizes> {
     Ok(match op {
         ResizeOp::Resize(_) => {
             let scales = nonempty(opt_input(inputs, 2)).map(|t| t.to_f64_vec());
@@ -489,7 +498,9 @@ impl OpImpl for ResizeOp {
         let consts: Vec<Option<&Tensor>> = inputs.iter().map(|i| i.value).collect();
         let known = match self {
             ResizeOp::Upsample { scales: Some(_), .. } => true,
-            ResizeOp::Resize(_) => consts.get(2).copied().flatten().is_some() || consts.get(3).copied().flatten().is_some(),
+            ResizeOp::Resize(_) => {
+                consts.get(2).copied().flatten().is_some() || consts.get(3).copied().flatten().is_some()
+            }
             _ => consts.get(1).copied().flatten().is_some(),
         };
         let shape = match (&x.fact.shape, known) {

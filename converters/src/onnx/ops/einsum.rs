@@ -13,7 +13,11 @@ pub fn register(r: &mut Registry) {
             Err(e) => conv_invalid!("{e}"),
         };
         if eq.inputs.len() != c.n_inputs() {
-            conv_invalid!("Einsum equation '{equation}' has {} input terms, the node {} inputs", eq.inputs.len(), c.n_inputs());
+            conv_invalid!(
+                "Einsum equation '{equation}' has {} input terms, the node {} inputs",
+                eq.inputs.len(),
+                c.n_inputs()
+            );
         }
         Ok(EinsumOp::Einsum { equation }.into())
     });

@@ -42,8 +42,7 @@ pub fn register(r: &mut Registry) {
                 conv_unsupported!("QuantizeLinear precision {p}");
             }
         }
-        Ok(QuantOp::Quantize { axis: c.int_or("axis", 1)?, block_size: block_size(c)?, output_dtype, precision }
-            .into())
+        Ok(QuantOp::Quantize { axis: c.int_or("axis", 1)?, block_size: block_size(c)?, output_dtype, precision }.into())
     });
     r.add("DequantizeLinear", 10, 25, |c| {
         let output_dtype = dtype_attr(c, "output_dtype")?;

@@ -5,8 +5,8 @@
 //! `tf_half_pixel_for_nn`; 18 added antialias, axes and keep_aspect_ratio_policy;
 //! 19 added `half_pixel_symmetric`.
 
-use crate::onnx::registry::{ConvResult, NodeCtx, Registry};
 use crate::conv_invalid;
+use crate::onnx::registry::{ConvResult, NodeCtx, Registry};
 use floe_engine::ops::resize::{AspectPolicy, CoordMode, InterpMode, NearestMode, ResizeAttrs, ResizeOp};
 use floe_engine::Op;
 
