@@ -145,3 +145,33 @@ fn help_explains_every_flag_of_run() {
         assert!(t.contains(flag), "{flag} missing from help: {t}");
     }
 }
+
+#[test]
+fn convert_then_run_gives_the_same_outputs_as_running_the_onnx() {
+    let floe_path = tmp("mlp.floe");
+    let o = floe(&["convert", &repo("examples/models/mlp.onnx"), "-o", floe_path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let input = format!("x={}", repo("examples/models/mlp/input_0_x.npy"));
+    let (a, b) = (tmp("from-onnx"), tmp("from-floe"));
+    for (model, out) in [(repo("examples/models/mlp.onnx"), &a), (floe_path.to_string_lossy().into_owned(), &b)] {
+        let o = floe(&["run", &model, "--input", &input, "--output-dir", out.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let (x, y) = (floe_engine::npy::read(&a.join("y.npy")).unwrap(), floe_engine::npy::read(&b.join("y.npy")).unwrap());
+    assert_eq!(x, y, "the .floe file and the ONNX model give different outputs");
+    let t = text(&floe(&["inspect", floe_path.to_str().unwrap()]));
+    assert!(t.contains(".floe version 1") && t.contains("quantization: none") && t.contains("Plain"), "{t}");
+}
+
+#[test]
+fn truncated_floe_file_is_a_clear_error() {
+    let floe_path = tmp("cut-src.floe");
+    assert!(floe(&["convert", &repo("examples/models/mlp.onnx"), "-o", floe_path.to_str().unwrap()]).status.success());
+    let bytes = std::fs::read(&floe_path).unwrap();
+    let cut = tmp("cut.floe");
+    std::fs::write(&cut, &bytes[..bytes.len() - 10]).unwrap();
+    let o = floe(&["run", cut.to_str().unwrap(), "--dim", "N=2"]);
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("cut.floe") && t.contains("truncated"), "{t}");
+    assert!(!t.contains("panicked at"), "{t}");
+}

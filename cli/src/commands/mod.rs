@@ -35,12 +35,15 @@ pub fn is_floe(path: &std::path::Path) -> bool {
         && magic == floe_engine::format::header::MAGIC
 }
 
-/// Loads a `.floe` file (memory-mapped) or imports an ONNX model (in memory).
+/// Loads a `.floe` file (memory-mapped) or imports an ONNX model and converts it
+/// in memory with the same passes `floe convert` runs (so both give the same outputs).
 pub fn load_model(path: &std::path::Path) -> Result<LoadedModel> {
     if is_floe(path) {
         Ok(LoadedModel::Floe(floe_engine::format::Model::load(path)?))
     } else {
-        Ok(LoadedModel::Onnx(floe_convert::load(path)?))
+        let mut m = floe_convert::load(path)?;
+        floe_convert::pipeline::optimize(&mut m.graph).with_context(|| format!("{}: optimising", path.display()))?;
+        Ok(LoadedModel::Onnx(m))
     }
 }
 
