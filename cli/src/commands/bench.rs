@@ -113,7 +113,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     }
     let node_total: Duration = per_node.iter().sum();
     let mut rows: Vec<_> = by_op.into_iter().collect();
-    rows.sort_by(|x, y| y.1 .0.cmp(&x.1 .0));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1 .0));
     println!("{:<28} {:>6} {:>12} {:>7}", "op", "nodes", "ms/run", "share");
     for (op, (d, n)) in rows.iter().take(a.top) {
         let share = if node_total.is_zero() { 0.0 } else { d.as_secs_f64() / node_total.as_secs_f64() * 100.0 };

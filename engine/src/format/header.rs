@@ -109,7 +109,7 @@ impl Header {
                 h.metadata_offset, h.data_offset
             )));
         }
-        if h.data_offset % ALIGN as u64 != 0 {
+        if !h.data_offset.is_multiple_of(ALIGN as u64) {
             return Err(bad(format!("data section offset {} is not {ALIGN}-byte aligned", h.data_offset)));
         }
         Ok(h)

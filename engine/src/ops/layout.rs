@@ -720,12 +720,12 @@ fn unique(x: &Tensor, axis: Option<i64>, sorted: bool) -> Result<Vec<Tensor>> {
     };
     // first occurrence of each distinct slice, in order of appearance
     let mut firsts: Vec<usize> = Vec::new();
-    let mut inverse = vec![0usize; n];
+    let mut inverse = Vec::with_capacity(n);
     for i in 0..n {
         match firsts.iter().position(|&f| cmp(f, i).is_eq()) {
-            Some(k) => inverse[i] = k,
+            Some(k) => inverse.push(k),
             None => {
-                inverse[i] = firsts.len();
+                inverse.push(firsts.len());
                 firsts.push(i);
             }
         }

@@ -8,8 +8,8 @@
 pub mod attention;
 pub mod broadcast;
 pub mod control;
-pub mod detection;
 pub mod conv;
+pub mod detection;
 pub mod einsum;
 pub mod elementwise;
 pub mod gather;

@@ -65,7 +65,7 @@ fn affine(t: Option<&Tensor>, n: usize, what: &str, default: f64) -> Result<Vec<
                 Ok(v)
             } else if v.len() == 1 {
                 Ok(vec![v[0]; n])
-            } else if v.len() < n && n % v.len() == 0 {
+            } else if v.len() < n && n.is_multiple_of(v.len()) {
                 // broadcast over leading dims of the normalised block
                 Ok((0..n).map(|i| v[i % v.len()]).collect())
             } else {
@@ -167,7 +167,7 @@ fn instance_norm(x: &Tensor, scale: &Tensor, bias: &Tensor, eps: f32) -> Result<
 }
 
 fn group_norm(x: &Tensor, scale: &Tensor, bias: &Tensor, groups: usize, eps: f32, per_channel: bool) -> Result<Tensor> {
-    if x.rank() < 2 || groups == 0 || x.shape()[1] % groups != 0 {
+    if x.rank() < 2 || groups == 0 || !x.shape()[1].is_multiple_of(groups) {
         bail!("GroupNormalization: {groups} groups do not divide the channels of {:?}", x.shape());
     }
     let c = x.shape()[1];

@@ -4,8 +4,8 @@
 pub mod attention;
 pub mod constant;
 pub mod control;
-pub mod detection;
 pub mod conv;
+pub mod detection;
 pub mod einsum;
 pub mod elementwise;
 pub mod gather;
