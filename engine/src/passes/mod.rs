@@ -1,15 +1,19 @@
 //! Graph passes: each a function over a graph, one per file.
 
 pub mod dead_nodes;
+pub mod fold_batch_norm;
 pub mod fold_constants;
 pub mod fuse_gelu;
+pub mod fuse_layer_norm;
 pub mod fuse_linear;
 pub mod quantize_weights;
 pub mod shape_values;
 pub mod util;
 
 pub use dead_nodes::remove_dead_nodes;
+pub use fold_batch_norm::fold_batch_norm;
 pub use fold_constants::{infer_and_fold, FoldOptions};
 pub use fuse_gelu::fuse_gelu;
+pub use fuse_layer_norm::fuse_layer_norm;
 pub use fuse_linear::fuse_linear;
 pub use quantize_weights::quantize_weights;
