@@ -46,6 +46,10 @@ fn main() -> ExitCode {
             .cloned()
             .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_default();
+        if msg.contains("Broken pipe") {
+            // stdout closed early (e.g. piped into `head`): stop quietly like other tools
+            std::process::exit(141);
+        }
         let loc = info.location().map(|l| format!(" ({}:{})", l.file(), l.line())).unwrap_or_default();
         eprintln!("floe: internal error{loc}: {msg}. This is a bug in floe; please report it.");
     }));
