@@ -4,6 +4,7 @@
 //! (scalar today, per-ISA SIMD micro-kernels as they land) is decided inside this
 //! crate, once, so faster kernels drop in without touching the executor.
 
+pub mod arch;
 pub mod elementwise;
 pub mod gemm;
 pub mod math;

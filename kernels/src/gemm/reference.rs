@@ -1,9 +1,5 @@
-//! General matrix multiply.
-//!
-//! `sgemm` is the one entry point the engine uses for f32 products (MatMul, Gemm,
-//! Conv via im2col, RNN gates). This is the portable reference implementation
-//! (row-major, i-k-j loop order so the inner loop streams contiguous rows); the
-//! packed, register-blocked per-ISA driver replaces its body, not its signature.
+//! Reference GEMM: the i-k-j loop. Used as is for skinny products (it streams rows
+//! of B without packing) and as the definition the blocked kernels are tested against.
 
 /// Strided view of a row-major matrix: element (i, j) is at `i * row_stride + j * col_stride`.
 #[derive(Clone, Copy, Debug)]
@@ -33,7 +29,7 @@ impl<'a> MatRef<'a> {
     }
 
     #[inline]
-    fn at(&self, i: usize, j: usize) -> f32 {
+    pub fn at(&self, i: usize, j: usize) -> f32 {
         self.data[i * self.row_stride + j * self.col_stride]
     }
 }

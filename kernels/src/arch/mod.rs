@@ -1,0 +1,8 @@
+//! Per-ISA micro-kernels. Each exports `MicroKernel` constants; the shared driver
+//! in `gemm::driver` does everything else.
+
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
+pub mod generic;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
