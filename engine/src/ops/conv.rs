@@ -1,16 +1,23 @@
 //! Convolutions: Conv (N-D: 1-D audio, 2-D images, 3-D; groups, dilations,
 //! strides, explicit or auto padding), ConvTranspose and ConvInteger.
-//! Reference: ONNX spec Conv-22, ConvTranspose-22, ConvInteger-10 and
-//! onnx/reference/ops/op_conv_transpose.py for the padding rules.
+//! Reference: ONNX spec Conv-22, ConvTranspose-22, ConvInteger-10 (output size
+//! and `auto_pad` formulas); onnx/reference/ops/op_conv_transpose.py for the
+//! ConvTranspose corner the spec leaves open (explicit `pads` together with
+//! `output_shape`: the pads are honoured).
 //!
-//! Conv lowers each (batch, group) to an im2col matrix and one GEMM through
-//! `floe_kernels::gemm::sgemm` (f32); other float types use an f64 loop.
+//! The sliding-window geometry ([`Window`]) is shared with pooling. Conv lowers
+//! each (batch, group) to an im2col matrix and one GEMM through
+//! `floe_kernels::gemm::sgemm` (f32; a 1x1 stride-1 unpadded conv multiplies the
+//! input in place); ConvTranspose is the adjoint: one GEMM `W^T @ X` per
+//! (batch, group) and a col2im scatter-add. Other float types use the same index
+//! tables with f64 accumulation, and ConvInteger runs the f64 path on
+//! zero-point-shifted integers (exact: every product and sum fits in 2^53).
 
 use super::{input, opt_input, strides, EvalCtx, InferInput, OpImpl};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::shape::{Dim, Fact, Shape};
-use crate::tensor::Tensor;
+use crate::tensor::{checked_numel, Tensor, MAX_TENSOR_BYTES};
 use crate::{bail, dispatch_float};
 use floe_kernels::gemm::{sgemm, MatRef};
 
@@ -38,17 +45,31 @@ pub struct ConvAttrs {
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum ConvOp {
     Conv(ConvAttrs),
-    ConvTranspose { attrs: ConvAttrs, output_padding: Vec<usize>, output_shape: Vec<usize> },
+    /// `output_shape` holds the spatial dims (an `[N, C, spatial...]` value is
+    /// accepted too, as onnxruntime does).
+    ConvTranspose {
+        attrs: ConvAttrs,
+        output_padding: Vec<usize>,
+        output_shape: Vec<usize>,
+    },
     ConvInteger(ConvAttrs),
 }
 
-/// Resolved geometry of one convolution.
-struct Geometry {
-    kernel: Vec<usize>,
-    stride: Vec<usize>,
-    dil: Vec<usize>,
-    pad_begin: Vec<usize>,
-    out: Vec<usize>,
+/// Marks an im2col / col2im entry that falls into padding.
+const PAD: usize = usize::MAX;
+
+/// Where a sliding window (a conv kernel or a pooling window) lands on the
+/// spatial dims of an input: output size and padding per spatial axis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub kernel: Vec<usize>,
+    pub stride: Vec<usize>,
+    pub dil: Vec<usize>,
+    pub pad_begin: Vec<usize>,
+    /// Padding after the input (auto padding included). With `ceil_mode` the last
+    /// window may reach past it; positions there are neither input nor padding.
+    pub pad_end: Vec<usize>,
+    pub out: Vec<usize>,
 }
 
 fn or_ones(v: &[usize], n: usize) -> Vec<usize> {
@@ -59,172 +80,303 @@ fn or_ones(v: &[usize], n: usize) -> Vec<usize> {
     }
 }
 
-/// Output size, begin padding and dilations for a convolution or pooling window.
-pub fn conv_geometry(
-    input: &[usize],
-    kernel: &[usize],
-    a: &ConvAttrs,
-    ceil_mode: bool,
-) -> Result<(Vec<usize>, Vec<usize>, Vec<usize>)> {
-    let n = input.len();
-    let stride = or_ones(&a.strides, n);
-    let dil = or_ones(&a.dilations, n);
-    if kernel.len() != n || stride.len() != n || dil.len() != n || stride.contains(&0) || dil.contains(&0) {
-        bail!("kernel {kernel:?}, strides {stride:?} or dilations {dil:?} do not fit {n} spatial dims");
-    }
-    let mut begin = vec![0usize; n];
-    let mut out = vec![0usize; n];
-    for i in 0..n {
-        let ext = dil[i] * (kernel[i].max(1) - 1) + 1;
-        match a.auto_pad {
-            AutoPad::SameUpper | AutoPad::SameLower => {
-                out[i] = input[i].div_ceil(stride[i]);
-                let total = ((out[i].max(1) - 1) * stride[i] + ext).saturating_sub(input[i]);
-                begin[i] = if a.auto_pad == AutoPad::SameUpper { total / 2 } else { total - total / 2 };
-            }
-            AutoPad::Valid | AutoPad::NotSet => {
-                let (pb, pe) = if a.auto_pad == AutoPad::NotSet && a.pads.len() == 2 * n {
-                    (a.pads[i], a.pads[i + n])
-                } else {
-                    (0, 0)
-                };
-                begin[i] = pb;
-                let span = input[i] + pb + pe;
-                if span < ext {
-                    return Err(Error::Shape(format!(
-                        "window of extent {ext} is larger than padded input {span} on spatial axis {i}"
-                    )));
+impl Window {
+    /// Resolves the output size and padding of a window over `input` (spatial dims).
+    ///
+    /// NOTSET/VALID: `out = floor_or_ceil((in + pads - ext) / stride) + 1` where
+    /// `ext = (kernel - 1) * dilation + 1`; with `ceil_mode` a last window that would
+    /// start in the end padding is dropped. SAME_*: `out = ceil(in / stride)`, the
+    /// needed padding split evenly with the odd one at the end (UPPER) or the
+    /// beginning (LOWER). Fails when no window fits.
+    pub fn new(input: &[usize], kernel: &[usize], a: &ConvAttrs, ceil_mode: bool) -> Result<Window> {
+        let n = input.len();
+        let stride = or_ones(&a.strides, n);
+        let dil = or_ones(&a.dilations, n);
+        if kernel.len() != n || stride.len() != n || dil.len() != n {
+            bail!("kernel {kernel:?}, strides {stride:?} and dilations {dil:?} must each have {n} values (one per spatial dim)");
+        }
+        if kernel.contains(&0) || stride.contains(&0) || dil.contains(&0) {
+            bail!("kernel {kernel:?}, strides {stride:?} and dilations {dil:?} must be positive");
+        }
+        let explicit = a.auto_pad == AutoPad::NotSet && !a.pads.is_empty();
+        if explicit && a.pads.len() != 2 * n {
+            bail!("pads {:?} must have {} values (begin and end per spatial dim)", a.pads, 2 * n);
+        }
+        let (mut pad_begin, mut pad_end, mut out) = (vec![0; n], vec![0; n], vec![0; n]);
+        for i in 0..n {
+            let ext = dil[i] * (kernel[i] - 1) + 1;
+            match a.auto_pad {
+                AutoPad::SameUpper | AutoPad::SameLower => {
+                    out[i] = input[i].div_ceil(stride[i]);
+                    let total = ((out[i].max(1) - 1) * stride[i] + ext).saturating_sub(input[i]);
+                    pad_begin[i] = if a.auto_pad == AutoPad::SameUpper { total / 2 } else { total - total / 2 };
+                    pad_end[i] = total - pad_begin[i];
                 }
-                out[i] = if ceil_mode {
-                    let mut o = (span - ext).div_ceil(stride[i]) + 1;
+                AutoPad::Valid | AutoPad::NotSet => {
+                    if explicit {
+                        (pad_begin[i], pad_end[i]) = (a.pads[i], a.pads[i + n]);
+                    }
+                    let span = (input[i] + pad_begin[i] + pad_end[i]) as i64;
+                    let (reach, s) = (span - ext as i64, stride[i] as i64);
+                    let mut o = if ceil_mode {
+                        reach.div_euclid(s) + (reach.rem_euclid(s) != 0) as i64
+                    } else {
+                        reach.div_euclid(s)
+                    } + 1;
                     // the last window must start inside the input or the begin padding
-                    if (o - 1) * stride[i] >= input[i] + pb {
+                    if ceil_mode && o > 0 && (o - 1) * s >= (input[i] + pad_begin[i]) as i64 {
                         o -= 1;
                     }
-                    o
-                } else {
-                    (span - ext) / stride[i] + 1
-                };
-            }
-        }
-    }
-    Ok((out, begin, dil))
-}
-
-fn geometry(x: &[usize], w: &[usize], a: &ConvAttrs) -> Result<Geometry> {
-    let spatial = &x[2..];
-    let kernel = if a.kernel_shape.is_empty() { w[2..].to_vec() } else { a.kernel_shape.clone() };
-    let (out, pad_begin, dil) = conv_geometry(spatial, &kernel, a, false)?;
-    Ok(Geometry { stride: or_ones(&a.strides, spatial.len()), kernel, dil, pad_begin, out })
-}
-
-/// For each kernel offset and output position, the input offset (or None if padding).
-fn im2col_index(x_sp: &[usize], g: &Geometry) -> Vec<Option<usize>> {
-    let nk: usize = g.kernel.iter().product();
-    let no: usize = g.out.iter().product();
-    let ks = strides(&g.kernel);
-    let os = strides(&g.out);
-    let xs = strides(x_sp);
-    let n = x_sp.len();
-    let mut idx = Vec::with_capacity(nk * no);
-    for k in 0..nk {
-        for o in 0..no {
-            let mut off = 0usize;
-            let mut inside = true;
-            for d in 0..n {
-                let kd = (k / ks[d]) % g.kernel[d];
-                let od = (o / os[d]) % g.out[d];
-                let pos = (od * g.stride[d] + kd * g.dil[d]) as isize - g.pad_begin[d] as isize;
-                if pos < 0 || pos as usize >= x_sp[d] {
-                    inside = false;
-                    break;
+                    if o <= 0 {
+                        return Err(Error::Shape(format!(
+                            "window of extent {ext} (kernel {}, dilation {}) does not fit the padded input of size {span} on spatial axis {i}",
+                            kernel[i], dil[i]
+                        )));
+                    }
+                    out[i] = o as usize;
                 }
-                off += pos as usize * xs[d];
             }
-            idx.push(inside.then_some(off));
         }
+        Ok(Window { kernel: kernel.to_vec(), stride, dil, pad_begin, pad_end, out })
     }
-    idx
+
+    /// For each kernel offset `k` and output position `o`, the flat offset into one
+    /// input plane at `[k * no + o]`, or [`PAD`].
+    fn im2col_index(&self, x_sp: &[usize]) -> Result<Vec<usize>> {
+        let (nk, no) = (self.kernel.iter().product::<usize>(), self.out.iter().product::<usize>());
+        let len = guarded_len(&[nk, no], 8)?;
+        let (ks, os, xs) = (strides(&self.kernel), strides(&self.out), strides(x_sp));
+        let mut idx = Vec::with_capacity(len);
+        for k in 0..nk {
+            for o in 0..no {
+                let mut off = 0usize;
+                for d in 0..x_sp.len() {
+                    let kd = (k / ks[d]) % self.kernel[d];
+                    let od = (o / os[d]) % self.out[d];
+                    let pos = (od * self.stride[d] + kd * self.dil[d]).wrapping_sub(self.pad_begin[d]);
+                    // positions before the input wrap around to huge values
+                    if pos >= x_sp[d] {
+                        off = PAD;
+                        break;
+                    }
+                    off += pos * xs[d];
+                }
+                idx.push(off);
+            }
+        }
+        Ok(idx)
+    }
 }
 
-fn conv(x: &Tensor, w: &Tensor, b: Option<&Tensor>, a: &ConvAttrs) -> Result<Tensor> {
-    let (xs, ws) = (x.shape(), w.shape());
-    if xs.len() < 3 || ws.len() != xs.len() {
-        bail!("Conv needs X [N, C, ...] and W [M, C/group, ...] of the same rank, got {xs:?} and {ws:?}");
+/// Element count of a scratch buffer, refused when it would exceed the tensor limit.
+fn guarded_len(dims: &[usize], elem_size: usize) -> Result<usize> {
+    let n = checked_numel(dims)?;
+    if n.saturating_mul(elem_size) > MAX_TENSOR_BYTES {
+        bail!("convolution scratch of {dims:?} elements is too large");
     }
-    let group = a.group.max(1);
+    Ok(n)
+}
+
+fn check_float(op: &str, t: &Tensor, what: &str) -> Result<()> {
+    if !t.dtype().is_float() {
+        return Err(Error::DType { expected: format!("a float type for {op} {what}"), actual: t.dtype() });
+    }
+    Ok(())
+}
+
+fn bias_values(b: Option<&Tensor>, m: usize, op: &str) -> Result<Vec<f64>> {
+    match b {
+        Some(b) if b.numel() != m => {
+            Err(Error::Shape(format!("{op} bias B has shape {:?}, expected [{m}] (one per output channel)", b.shape())))
+        }
+        Some(b) => Ok(b.to_f64_vec()),
+        None => Ok(vec![0.0; m]),
+    }
+}
+
+fn to_dtype(dt: DType, shape: &[usize], v: &[f64], op: &str) -> Result<Tensor> {
+    dispatch_float!(dt, T => Tensor::from_vec(shape, v.iter().map(|&x| T::from_f64(x)).collect::<Vec<T>>()),
+        _ => bail!("{op} expects float inputs, got {dt}"))
+}
+
+/// Checks X `[N, C, spatial...]` against W and returns (group, kernel from W).
+fn check_ranks<'a>(
+    op: &str,
+    xs: &[usize],
+    ws: &'a [usize],
+    a: &ConvAttrs,
+    w_layout: &str,
+) -> Result<(usize, &'a [usize])> {
+    if xs.len() < 3 || ws.len() != xs.len() {
+        return Err(Error::Shape(format!(
+            "{op} needs X [N, C, spatial...] and W {w_layout} of the same rank (at least 3), got X {xs:?} and W {ws:?}"
+        )));
+    }
+    let kernel = &ws[2..];
+    if !a.kernel_shape.is_empty() && a.kernel_shape != kernel {
+        return Err(Error::Shape(format!(
+            "{op} kernel_shape {:?} differs from the spatial dims of W {ws:?}",
+            a.kernel_shape
+        )));
+    }
+    Ok((a.group.max(1), kernel))
+}
+
+/// Conv: `Y[n, m] = B[m] + sum over the group's channels and the window of X * W`.
+fn conv(x: &Tensor, w: &Tensor, b: Option<&Tensor>, a: &ConvAttrs) -> Result<Tensor> {
+    check_float("Conv", x, "X")?;
+    check_float("Conv", w, "W")?;
+    let (xs, ws) = (x.shape(), w.shape());
+    let (group, kernel) = check_ranks("Conv", xs, ws, a, "[M, C/group, kernel...]")?;
     let (n, c, m) = (xs[0], xs[1], ws[0]);
     if c != ws[1] * group || m % group != 0 {
         return Err(Error::Shape(format!(
-            "Conv: X has {c} channels, W {ws:?} with group {group} expects {}",
-            ws[1] * group
+            "Conv: X {xs:?} has {c} channels and W {ws:?} has {m} filters; with group {group}, W must be [M, {}, ...] and M a multiple of {group}",
+            c / group
         )));
     }
-    let g = geometry(xs, ws, a)?;
-    if g.kernel != ws[2..] {
-        bail!("Conv kernel_shape {:?} differs from W {ws:?}", g.kernel);
-    }
+    let g = Window::new(&xs[2..], kernel, a, false)?;
     let (cg, mg) = (c / group, m / group);
-    let nk: usize = g.kernel.iter().product();
+    let nk: usize = kernel.iter().product();
     let no: usize = g.out.iter().product();
     let sp: usize = xs[2..].iter().product();
-    let idx = im2col_index(&xs[2..], &g);
     let mut out_shape = vec![n, m];
     out_shape.extend(&g.out);
-    let bias = match b {
-        Some(b) if b.numel() != m => bail!("Conv bias has {} values for {m} output channels", b.numel()),
-        Some(b) => b.to_f64_vec(),
-        None => vec![0.0; m],
-    };
+    let bias = bias_values(b, m, "Conv")?;
+    let idx = g.im2col_index(&xs[2..])?;
     if x.dtype() == DType::F32 && w.dtype() == DType::F32 {
         let (xv, wv) = (x.as_slice::<f32>()?, w.as_slice::<f32>()?);
         let mut out = Tensor::zeros(DType::F32, &out_shape)?;
         let o = out.as_mut_slice::<f32>()?;
-        let mut col = vec![0f32; cg * nk * no];
+        // a 1x1 kernel that reads every input position once in order needs no im2col
+        let direct = nk == 1 && no == sp && idx.iter().enumerate().all(|(i, &v)| v == i);
+        let mut col = vec![0f32; if direct { 0 } else { guarded_len(&[cg, nk, no], 4)? }];
         for bi in 0..n {
             for gi in 0..group {
-                for ci in 0..cg {
-                    let src = &xv[(bi * c + gi * cg + ci) * sp..][..sp];
-                    for (k, chunk) in idx.chunks(no).enumerate() {
-                        let row = &mut col[(ci * nk + k) * no..][..no];
-                        for (r, i) in row.iter_mut().zip(chunk) {
-                            *r = i.map_or(0.0, |i| src[i]);
+                let xg = &xv[(bi * c + gi * cg) * sp..][..cg * sp];
+                if !direct {
+                    for (ci, src) in xg.chunks_exact(sp.max(1)).enumerate() {
+                        for (k, chunk) in idx.chunks_exact(no.max(1)).enumerate() {
+                            let row = &mut col[(ci * nk + k) * no..][..no];
+                            for (r, &i) in row.iter_mut().zip(chunk) {
+                                *r = if i == PAD { 0.0 } else { src[i] };
+                            }
                         }
                     }
                 }
                 let dst = &mut o[(bi * m + gi * mg) * no..][..mg * no];
-                for (mi, row) in dst.chunks_mut(no).enumerate() {
+                for (mi, row) in dst.chunks_exact_mut(no.max(1)).enumerate() {
                     row.fill(bias[gi * mg + mi] as f32);
                 }
                 let wg = MatRef::new(&wv[gi * mg * cg * nk..][..mg * cg * nk], mg, cg * nk);
-                sgemm(1.0, wg, MatRef::new(&col, cg * nk, no), 1.0, dst);
+                let cols = if direct { MatRef::new(xg, cg, sp) } else { MatRef::new(&col, cg * nk, no) };
+                sgemm(1.0, wg, cols, 1.0, dst);
             }
         }
         return Ok(out);
     }
     let (xv, wv) = (x.to_f64_vec(), w.to_f64_vec());
-    let mut o = vec![0f64; n * m * no];
+    let mut o = vec![0f64; guarded_len(&out_shape, 8)?];
     for bi in 0..n {
         for mi in 0..m {
             let gi = mi / mg;
-            for oi in 0..no {
-                let mut acc = bias[mi];
-                for ci in 0..cg {
-                    let src = &xv[(bi * c + gi * cg + ci) * sp..][..sp];
-                    for k in 0..nk {
-                        if let Some(i) = idx[k * no + oi] {
-                            acc += src[i] * wv[(mi * cg + ci) * nk + k];
+            let dst = &mut o[(bi * m + mi) * no..][..no];
+            dst.fill(bias[mi]);
+            for ci in 0..cg {
+                let src = &xv[(bi * c + gi * cg + ci) * sp..][..sp];
+                for k in 0..nk {
+                    let wk = wv[(mi * cg + ci) * nk + k];
+                    for (d, &i) in dst.iter_mut().zip(&idx[k * no..(k + 1) * no]) {
+                        if i != PAD {
+                            *d += src[i] * wk;
                         }
                     }
                 }
-                o[(bi * m + mi) * no + oi] = acc;
             }
         }
     }
-    dispatch_float!(x.dtype(), T => Tensor::from_vec(&out_shape, o.iter().map(|&v| T::from_f64(v)).collect::<Vec<T>>()),
-        _ => bail!("Conv expects float inputs, got {}", x.dtype()))
+    to_dtype(x.dtype(), &out_shape, &o, "Conv")
 }
 
+/// Resolved geometry of a transposed convolution.
+#[derive(Debug, PartialEq)]
+struct TransposeWindow {
+    stride: Vec<usize>,
+    dil: Vec<usize>,
+    /// Output position of full-output position 0; negative when the requested
+    /// output is larger than the full one and extends before it.
+    begin: Vec<i64>,
+    out: Vec<usize>,
+}
+
+/// Output size and begin padding of ConvTranspose (spec ConvTranspose-22):
+/// `full = stride * (in - 1) + output_padding + (kernel - 1) * dilation + 1`.
+/// Explicit `pads` are cut from `full` (or placed, when `output_shape` is also
+/// given); otherwise the target is `output_shape`, `in * stride` for SAME_*, or
+/// `full`, and the difference `total = full - target` is split with
+/// `begin = total / 2` (SAME_UPPER) or `total - total / 2` (else), `/` flooring.
+fn transpose_window(
+    x_sp: &[usize],
+    kernel: &[usize],
+    a: &ConvAttrs,
+    out_pad: &[usize],
+    out_shape: &[usize],
+) -> Result<TransposeWindow> {
+    let nd = x_sp.len();
+    let stride = or_ones(&a.strides, nd);
+    let dil = or_ones(&a.dilations, nd);
+    let opad = if out_pad.is_empty() { vec![0; nd] } else { out_pad.to_vec() };
+    let target: Option<&[usize]> = match out_shape.len() {
+        0 => None,
+        l if l == nd => Some(out_shape),
+        l if l == nd + 2 => Some(&out_shape[2..]),
+        _ => bail!("ConvTranspose output_shape {out_shape:?} must have {nd} values (one per spatial dim)"),
+    };
+    if kernel.len() != nd || stride.len() != nd || dil.len() != nd || opad.len() != nd {
+        bail!(
+            "ConvTranspose kernel {kernel:?}, strides {stride:?}, dilations {dil:?} and output_padding {opad:?} must each have {nd} values"
+        );
+    }
+    if kernel.contains(&0) || stride.contains(&0) || dil.contains(&0) || x_sp.contains(&0) {
+        bail!("ConvTranspose needs positive kernel {kernel:?}, strides {stride:?}, dilations {dil:?} and input spatial dims {x_sp:?}");
+    }
+    let explicit = a.auto_pad == AutoPad::NotSet && !a.pads.is_empty();
+    if explicit && a.pads.len() != 2 * nd {
+        bail!("ConvTranspose pads {:?} must have {} values (begin and end per spatial dim)", a.pads, 2 * nd);
+    }
+    let mut begin = vec![0i64; nd];
+    let mut out = vec![0usize; nd];
+    for i in 0..nd {
+        let full = (stride[i] * (x_sp[i] - 1) + opad[i] + (kernel[i] - 1) * dil[i] + 1) as i64;
+        if explicit {
+            let (pb, pe) = (a.pads[i] as i64, a.pads[i + nd] as i64);
+            let o = match target {
+                Some(t) => t[i] as i64,
+                None => full - pb - pe,
+            };
+            if o <= 0 {
+                return Err(Error::Shape(format!(
+                    "ConvTranspose pads {:?} remove the whole output ({full} positions) on spatial axis {i}",
+                    a.pads
+                )));
+            }
+            (begin[i], out[i]) = (pb, o as usize);
+        } else {
+            let t = match (target, a.auto_pad) {
+                (Some(t), _) => t[i] as i64,
+                (None, AutoPad::SameUpper | AutoPad::SameLower) => (x_sp[i] * stride[i]) as i64,
+                (None, _) => full,
+            };
+            let total = full - t;
+            begin[i] = if a.auto_pad == AutoPad::SameUpper { total.div_euclid(2) } else { total - total.div_euclid(2) };
+            out[i] = t as usize;
+        }
+    }
+    Ok(TransposeWindow { stride, dil, begin, out })
+}
+
+/// ConvTranspose: every input position scatters `x * W[c, m, k]` to output
+/// position `x * stride + k * dilation - begin`.
 fn conv_transpose(
     x: &Tensor,
     w: &Tensor,
@@ -233,126 +385,145 @@ fn conv_transpose(
     out_pad: &[usize],
     out_shape_attr: &[usize],
 ) -> Result<Tensor> {
+    check_float("ConvTranspose", x, "X")?;
+    check_float("ConvTranspose", w, "W")?;
     let (xs, ws) = (x.shape(), w.shape());
-    if xs.len() < 3 || ws.len() != xs.len() {
-        bail!("ConvTranspose needs X [N, C, ...] and W [C, M/group, ...], got {xs:?} and {ws:?}");
-    }
-    let nd = xs.len() - 2;
-    let group = a.group.max(1);
+    let (group, kernel) = check_ranks("ConvTranspose", xs, ws, a, "[C, M/group, kernel...]")?;
     let (n, c) = (xs[0], xs[1]);
     if ws[0] != c || c % group != 0 {
-        return Err(Error::Shape(format!("ConvTranspose: X has {c} channels, W is {ws:?}")));
+        return Err(Error::Shape(format!(
+            "ConvTranspose: X {xs:?} has {c} channels, W {ws:?} must be [{c}, M/group, ...] and {c} a multiple of group {group}"
+        )));
     }
-    let mg = ws[1];
+    let (cg, mg) = (c / group, ws[1]);
     let m = mg * group;
-    let cg = c / group;
-    let kernel = if a.kernel_shape.is_empty() { ws[2..].to_vec() } else { a.kernel_shape.clone() };
-    let stride = or_ones(&a.strides, nd);
-    let dil = or_ones(&a.dilations, nd);
-    let opad = if out_pad.is_empty() { vec![0; nd] } else { out_pad.to_vec() };
-    if kernel.len() != nd || stride.len() != nd || dil.len() != nd || opad.len() < nd {
-        bail!("ConvTranspose attributes do not fit {nd} spatial dims");
-    }
-    let ext: Vec<usize> = (0..nd).map(|i| (kernel[i] - 1) * dil[i] + 1).collect();
-    let full: Vec<usize> = (0..nd).map(|i| stride[i] * (xs[2 + i] - 1) + opad[i] + ext[i]).collect();
-    let (begin, out_sp): (Vec<usize>, Vec<usize>) =
-        if a.pads.len() != 2 * nd && matches!(a.auto_pad, AutoPad::SameUpper | AutoPad::SameLower) {
-            let target: Vec<usize> = if out_shape_attr.len() == nd {
-                out_shape_attr.to_vec()
-            } else {
-                (0..nd).map(|i| xs[2 + i] * stride[i]).collect()
-            };
-            let begin = (0..nd)
-                .map(|i| {
-                    let total = full[i].saturating_sub(target[i]);
-                    if a.auto_pad == AutoPad::SameUpper {
-                        total / 2
-                    } else {
-                        total - total / 2
-                    }
-                })
-                .collect();
-            (begin, target)
-        } else {
-            let pads = if a.pads.len() == 2 * nd { a.pads.clone() } else { vec![0; 2 * nd] };
-            let out = if out_shape_attr.len() == nd {
-                out_shape_attr.to_vec()
-            } else {
-                (0..nd).map(|i| full[i].saturating_sub(pads[i] + pads[i + nd])).collect()
-            };
-            (pads[..nd].to_vec(), out)
-        };
-    let (xv, wv) = (x.to_f64_vec(), w.to_f64_vec());
+    let g = transpose_window(&xs[2..], kernel, a, out_pad, out_shape_attr)?;
     let sp: usize = xs[2..].iter().product();
-    let no: usize = out_sp.iter().product();
+    let no: usize = g.out.iter().product();
     let nk: usize = kernel.iter().product();
-    let (xst, kst, ost) = (strides(&xs[2..]), strides(&kernel), strides(&out_sp));
-    let mut o = vec![0f64; n * m * no];
-    for bi in 0..n {
-        for ci in 0..c {
-            let gi = ci / cg;
-            for xi in 0..sp {
-                let xval = xv[(bi * c + ci) * sp + xi];
-                if xval == 0.0 {
-                    continue;
+    let mut shape = vec![n, m];
+    shape.extend(&g.out);
+    let bias = bias_values(b, m, "ConvTranspose")?;
+    // col2im table: for kernel offset k and input position xi, the output offset
+    let (xst, kst, ost) = (strides(&xs[2..]), strides(kernel), strides(&g.out));
+    let mut idx = Vec::with_capacity(guarded_len(&[nk, sp], 8)?);
+    for k in 0..nk {
+        for xi in 0..sp {
+            let mut off = 0usize;
+            for d in 0..xs.len() - 2 {
+                let p =
+                    ((xi / xst[d]) % xs[2 + d] * g.stride[d] + (k / kst[d]) % kernel[d] * g.dil[d]) as i64 - g.begin[d];
+                if p < 0 || p as usize >= g.out[d] {
+                    off = PAD;
+                    break;
                 }
-                for k in 0..nk {
-                    let mut off = 0usize;
-                    let mut inside = true;
-                    for d in 0..nd {
-                        let p = ((xi / xst[d]) % xs[2 + d] * stride[d] + (k / kst[d]) % kernel[d] * dil[d]) as isize
-                            - begin[d] as isize;
-                        if p < 0 || p as usize >= out_sp[d] {
-                            inside = false;
-                            break;
+                off += p as usize * ost[d];
+            }
+            idx.push(off);
+        }
+    }
+    if x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+        let (xv, wv) = (x.as_slice::<f32>()?, w.as_slice::<f32>()?);
+        let mut out = Tensor::zeros(DType::F32, &shape)?;
+        let o = out.as_mut_slice::<f32>()?;
+        let mut cols = vec![0f32; guarded_len(&[mg, nk, sp], 4)?];
+        for bi in 0..n {
+            for gi in 0..group {
+                // cols [mg * nk, sp] = W_g^T @ X_g, with W_g [cg, mg * nk] and X_g [cg, sp]
+                let wg = MatRef::new(&wv[gi * cg * mg * nk..][..cg * mg * nk], cg, mg * nk).t();
+                let xg = MatRef::new(&xv[(bi * c + gi * cg) * sp..][..cg * sp], cg, sp);
+                sgemm(1.0, wg, xg, 0.0, &mut cols);
+                for mo in 0..mg {
+                    let mi = gi * mg + mo;
+                    let dst = &mut o[(bi * m + mi) * no..][..no];
+                    dst.fill(bias[mi] as f32);
+                    for k in 0..nk {
+                        let row = &cols[(mo * nk + k) * sp..][..sp];
+                        for (&v, &i) in row.iter().zip(&idx[k * sp..(k + 1) * sp]) {
+                            if i != PAD {
+                                dst[i] += v;
+                            }
                         }
-                        off += p as usize * ost[d];
                     }
-                    if !inside {
-                        continue;
-                    }
-                    for mo in 0..mg {
-                        let mi = gi * mg + mo;
-                        o[(bi * m + mi) * no + off] += xval * wv[(ci * mg + mo) * nk + k];
+                }
+            }
+        }
+        return Ok(out);
+    }
+    let (xv, wv) = (x.to_f64_vec(), w.to_f64_vec());
+    let mut o = vec![0f64; guarded_len(&shape, 8)?];
+    for bi in 0..n {
+        for mi in 0..m {
+            let (gi, mo) = (mi / mg, mi % mg);
+            let dst = &mut o[(bi * m + mi) * no..][..no];
+            dst.fill(bias[mi]);
+            for ci in gi * cg..(gi + 1) * cg {
+                let src = &xv[(bi * c + ci) * sp..][..sp];
+                for k in 0..nk {
+                    let wk = wv[(ci * mg + mo) * nk + k];
+                    for (&v, &i) in src.iter().zip(&idx[k * sp..(k + 1) * sp]) {
+                        if i != PAD {
+                            dst[i] += v * wk;
+                        }
                     }
                 }
             }
         }
     }
-    if let Some(b) = b {
-        let bv = b.to_f64_vec();
-        if bv.len() != m {
-            bail!("ConvTranspose bias has {} values for {m} output channels", bv.len());
-        }
-        for (i, v) in o.iter_mut().enumerate() {
-            *v += bv[(i / no) % m];
-        }
-    }
-    let mut shape = vec![n, m];
-    shape.extend(&out_sp);
-    dispatch_float!(x.dtype(), T => Tensor::from_vec(&shape, o.iter().map(|&v| T::from_f64(v)).collect::<Vec<T>>()),
-        _ => bail!("ConvTranspose expects float inputs, got {}", x.dtype()))
+    to_dtype(x.dtype(), &shape, &o, "ConvTranspose")
 }
 
+/// ConvInteger: Conv of `(x - x_zero_point)` and `(w - w_zero_point)` into int32.
+/// `x_zero_point` is per tensor; `w_zero_point` per tensor or per output channel.
 fn conv_integer(x: &Tensor, w: &Tensor, xz: Option<&Tensor>, wz: Option<&Tensor>, a: &ConvAttrs) -> Result<Tensor> {
-    let zx = xz.and_then(|t| t.to_f64_vec().first().copied()).unwrap_or(0.0);
-    // w's zero point is per tensor or per output channel
+    for (t, what) in [(Some(x), "x"), (Some(w), "w"), (xz, "x_zero_point"), (wz, "w_zero_point")] {
+        if let Some(t) = t {
+            if !matches!(t.dtype(), DType::U8 | DType::I8) {
+                return Err(Error::DType {
+                    expected: format!("uint8 or int8 for ConvInteger {what}"),
+                    actual: t.dtype(),
+                });
+            }
+        }
+    }
+    let zx = match xz.map(|t| t.to_f64_vec()) {
+        None => 0.0,
+        Some(v) if v.len() == 1 => v[0],
+        Some(v) => bail!("ConvInteger x_zero_point must be a single value, got {} values", v.len()),
+    };
+    let m = w.shape().first().copied().unwrap_or(0);
     let zw = wz.map(|t| t.to_f64_vec()).unwrap_or_else(|| vec![0.0]);
-    let m = w.shape().first().copied().unwrap_or(1);
     if zw.len() != 1 && zw.len() != m {
-        bail!("ConvInteger w_zero_point has {} values for {m} output channels", zw.len());
+        return Err(Error::Shape(format!(
+            "ConvInteger w_zero_point has {} values, expected 1 or {m} (one per output channel)",
+            zw.len()
+        )));
     }
     let per = w.numel() / m.max(1);
-    let xf = Tensor::from_vec(x.shape(), x.to_f64_vec().iter().map(|v| v - zx).collect::<Vec<f64>>())?;
-    let wf = Tensor::from_vec(
-        w.shape(),
-        w.to_f64_vec()
-            .iter()
-            .enumerate()
-            .map(|(i, v)| v - zw[if zw.len() == 1 { 0 } else { i / per }])
-            .collect::<Vec<f64>>(),
-    )?;
-    conv(&xf, &wf, None, a)?.cast(DType::I32)
+    let xf: Vec<f64> = x.to_f64_vec().iter().map(|v| v - zx).collect();
+    let wf: Vec<f64> =
+        w.to_f64_vec().iter().enumerate().map(|(i, v)| v - zw[if zw.len() == 1 { 0 } else { i / per }]).collect();
+    let y = conv(&Tensor::from_vec(x.shape(), xf)?, &Tensor::from_vec(w.shape(), wf)?, None, a)?;
+    y.cast(DType::I32)
+}
+
+/// `[N, M, spatial...]` from fact shapes: N as given, M and spatial sizes when fixed.
+fn infer_shape(op: &ConvOp, x: &Shape, w: &Shape) -> Result<Option<Shape>> {
+    let (Some(ws), Some(x_sp)) = (w.as_fixed(), x.0.get(2..).and_then(|s| Shape(s.to_vec()).as_fixed())) else {
+        return Ok(None);
+    };
+    if x.rank() < 3 || ws.len() != x.rank() {
+        return Ok(None);
+    }
+    let (m, out) = match op {
+        ConvOp::Conv(a) | ConvOp::ConvInteger(a) => (ws[0], Window::new(&x_sp, &ws[2..], a, false)?.out),
+        ConvOp::ConvTranspose { attrs, output_padding, output_shape } => {
+            (ws[1] * attrs.group.max(1), transpose_window(&x_sp, &ws[2..], attrs, output_padding, output_shape)?.out)
+        }
+    };
+    let mut s = vec![x.0[0].clone(), Dim::Fixed(m)];
+    s.extend(out.into_iter().map(Dim::Fixed));
+    Ok(Some(Shape(s)))
 }
 
 impl OpImpl for ConvOp {
@@ -368,18 +539,10 @@ impl OpImpl for ConvOp {
         let x = inputs.first().map(|i| i.fact.clone()).unwrap_or_else(Fact::unknown);
         let w = inputs.get(1).map(|i| i.fact.clone()).unwrap_or_else(Fact::unknown);
         let dtype = if matches!(self, ConvOp::ConvInteger(_)) { Some(DType::I32) } else { x.dtype };
-        let shape =
-            match (self, x.shape.as_ref().and_then(|s| s.as_fixed()), w.shape.as_ref().and_then(|s| s.as_fixed())) {
-                (ConvOp::Conv(a) | ConvOp::ConvInteger(a), Some(xs), Some(ws))
-                    if xs.len() >= 3 && ws.len() == xs.len() =>
-                {
-                    let g = geometry(&xs, &ws, a)?;
-                    let mut s = vec![Dim::Fixed(xs[0]), Dim::Fixed(ws[0])];
-                    s.extend(g.out.iter().map(|&d| Dim::Fixed(d)));
-                    Some(Shape(s))
-                }
-                _ => None,
-            };
+        let shape = match (&x.shape, &w.shape) {
+            (Some(xs), Some(ws)) => infer_shape(self, xs, ws)?,
+            _ => None,
+        };
         Ok(vec![Fact { dtype, shape }])
     }
 
@@ -404,30 +567,156 @@ mod tests {
         ConvAttrs { auto_pad: AutoPad::NotSet, dilations: vec![], group: 1, kernel_shape: vec![], pads, strides }
     }
 
+    fn t32(shape: &[usize], v: &[f32]) -> Tensor {
+        Tensor::from_slice(shape, v).unwrap()
+    }
+
     #[test]
     fn conv1d_with_padding_matches_hand_computed() {
         // x = [1 2 3 4 5], w = [1 0 -1], pad 1: y[i] = x[i-1] - x[i+1]
-        let x = Tensor::from_slice(&[1, 1, 5], &[1.0f32, 2.0, 3.0, 4.0, 5.0]).unwrap();
-        let w = Tensor::from_slice(&[1, 1, 3], &[1.0f32, 0.0, -1.0]).unwrap();
+        let x = t32(&[1, 1, 5], &[1.0, 2.0, 3.0, 4.0, 5.0]);
+        let w = t32(&[1, 1, 3], &[1.0, 0.0, -1.0]);
         let y = conv(&x, &w, None, &attrs(vec![1, 1], vec![])).unwrap();
         assert_eq!(y.as_slice::<f32>().unwrap(), &[-2.0, -2.0, -2.0, -2.0, 4.0]);
         let y = conv(&x, &w, None, &attrs(vec![1, 1], vec![2])).unwrap();
         assert_eq!(y.as_slice::<f32>().unwrap(), &[-2.0, -2.0, 4.0]);
+        // the f64 loop gives the same numbers as the GEMM path
+        let y = conv(&x.cast(DType::F64).unwrap(), &w.cast(DType::F64).unwrap(), None, &attrs(vec![1, 1], vec![2]));
+        assert_eq!(y.unwrap().as_slice::<f64>().unwrap(), &[-2.0, -2.0, 4.0]);
+    }
+
+    #[test]
+    fn grouped_dilated_conv_with_bias() {
+        // two groups of one channel; dilation 2 makes [a, b] read x[i] and x[i+2]
+        let x = t32(&[1, 2, 4], &[1.0, 2.0, 3.0, 4.0, 10.0, 20.0, 30.0, 40.0]);
+        let w = t32(&[2, 1, 2], &[1.0, 1.0, 1.0, -1.0]);
+        let b = t32(&[2], &[0.5, 0.0]);
+        let mut a = attrs(vec![], vec![]);
+        a.group = 2;
+        a.dilations = vec![2];
+        let y = conv(&x, &w, Some(&b), &a).unwrap();
+        assert_eq!(y.shape(), &[1, 2, 2]);
+        assert_eq!(y.as_slice::<f32>().unwrap(), &[4.5, 6.5, -20.0, -20.0]);
+    }
+
+    #[test]
+    fn pointwise_conv_multiplies_channels_in_place() {
+        // 1x1 kernel: y[m] = sum_c w[m, c] * x[c]
+        let x = t32(&[1, 2, 1, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let w = t32(&[1, 2, 1, 1], &[1.0, -1.0]);
+        let y = conv(&x, &w, None, &attrs(vec![], vec![])).unwrap();
+        assert_eq!(y.as_slice::<f32>().unwrap(), &[-3.0, -3.0, -3.0]);
+    }
+
+    #[test]
+    fn same_lower_puts_the_odd_padding_first() {
+        // in 4, kernel 2, stride 1: one pad; SAME_LOWER puts it at the beginning
+        let mut a = attrs(vec![], vec![]);
+        a.auto_pad = AutoPad::SameLower;
+        let g = Window::new(&[4], &[2], &a, false).unwrap();
+        assert_eq!((g.out, g.pad_begin, g.pad_end), (vec![4], vec![1], vec![0]));
+        a.auto_pad = AutoPad::SameUpper;
+        let g = Window::new(&[5], &[3], &ConvAttrs { strides: vec![2], ..a }, false).unwrap();
+        // out = ceil(5 / 2) = 3, total = (3 - 1) * 2 + 3 - 5 = 2
+        assert_eq!((g.out, g.pad_begin, g.pad_end), (vec![3], vec![1], vec![1]));
+    }
+
+    #[test]
+    fn ceil_mode_keeps_a_window_that_starts_inside_the_input() {
+        // kernel 3, dilation 2: extent 5. in 6, stride 2: floor((6 - 5) / 2) + 1 = 1
+        let a = ConvAttrs { strides: vec![2], dilations: vec![2], ..attrs(vec![], vec![]) };
+        assert_eq!(Window::new(&[6], &[3], &a, false).unwrap().out, vec![1]);
+        // ceil((6 - 5) / 2) + 1 = 2: the second window starts at 2, inside the input
+        assert_eq!(Window::new(&[6], &[3], &a, true).unwrap().out, vec![2]);
+        // in 3 + begin pad 1 < extent 5: no window in floor mode; in ceil mode one,
+        // starting in the begin padding and reaching past the input
+        let a = ConvAttrs { pads: vec![1, 0], strides: vec![3], dilations: vec![2], ..attrs(vec![], vec![]) };
+        assert!(Window::new(&[3], &[3], &a, false).is_err());
+        assert_eq!(Window::new(&[3], &[3], &a, true).unwrap().out, vec![1]);
     }
 
     #[test]
     fn transpose_of_stride_two_spreads_inputs() {
         // x = [1 2], w = [1 1], stride 2 -> [1 1 2 2]
-        let x = Tensor::from_slice(&[1, 1, 2], &[1.0f32, 2.0]).unwrap();
-        let w = Tensor::from_slice(&[1, 1, 2], &[1.0f32, 1.0]).unwrap();
+        let x = t32(&[1, 1, 2], &[1.0, 2.0]);
+        let w = t32(&[1, 1, 2], &[1.0, 1.0]);
         let y = conv_transpose(&x, &w, None, &attrs(vec![], vec![2]), &[], &[]).unwrap();
         assert_eq!(y.as_slice::<f32>().unwrap(), &[1.0, 1.0, 2.0, 2.0]);
     }
 
     #[test]
-    fn channel_mismatch_is_an_error() {
+    fn transpose_with_groups_and_bias() {
+        // group 2: channel 0 -> output 0 with w [1 2], channel 1 -> output 1 with w [3 4]
+        let x = t32(&[1, 2, 2], &[1.0, 2.0, 1.0, -1.0]);
+        let w = t32(&[2, 1, 2], &[1.0, 2.0, 3.0, 4.0]);
+        let b = t32(&[2], &[0.0, 1.0]);
+        let a = ConvAttrs { group: 2, ..attrs(vec![], vec![]) };
+        let y = conv_transpose(&x, &w, Some(&b), &a, &[], &[]).unwrap();
+        // out0 = [1, 2+2, 4] ; out1 = [3, 4-3, -4] + 1
+        assert_eq!(y.as_slice::<f32>().unwrap(), &[1.0, 4.0, 4.0, 4.0, 2.0, -3.0]);
+        let y = conv_transpose(&x.cast(DType::F64).unwrap(), &w.cast(DType::F64).unwrap(), Some(&b), &a, &[], &[]);
+        assert_eq!(y.unwrap().as_slice::<f64>().unwrap(), &[1.0, 4.0, 4.0, 4.0, 2.0, -3.0]);
+    }
+
+    #[test]
+    fn transpose_output_shape_places_the_odd_crop_at_the_beginning() {
+        // full output [1 1 2 2] (stride 2); output_shape 3 crops one: NOTSET puts
+        // total - total/2 = 1 at the beginning -> [1 2 2]
+        let x = t32(&[1, 1, 2], &[1.0, 2.0]);
+        let w = t32(&[1, 1, 2], &[1.0, 1.0]);
+        let y = conv_transpose(&x, &w, None, &attrs(vec![], vec![2]), &[], &[3]).unwrap();
+        assert_eq!(y.as_slice::<f32>().unwrap(), &[1.0, 2.0, 2.0]);
+        // SAME_UPPER with stride 3: target 2 * 3 = 6 > full 5 -> total -1, begin floor(-1/2) = -1
+        let a = ConvAttrs { auto_pad: AutoPad::SameUpper, ..attrs(vec![], vec![3]) };
+        let y = conv_transpose(&x, &w, None, &a, &[], &[]).unwrap();
+        assert_eq!(y.as_slice::<f32>().unwrap(), &[0.0, 1.0, 1.0, 0.0, 2.0, 2.0]);
+    }
+
+    #[test]
+    fn conv_integer_subtracts_zero_points() {
+        // x - 2 = [-1 0 1 2], w - (-1) = [1 2]: y = [-1*1+0*2, 0+2, 1+4]
+        let x = Tensor::from_slice(&[1, 1, 4], &[1u8, 2, 3, 4]).unwrap();
+        let w = Tensor::from_slice(&[1, 1, 2], &[0i8, 1]).unwrap();
+        let (xz, wz) = (Tensor::scalar(2u8), Tensor::scalar(-1i8));
+        let y = conv_integer(&x, &w, Some(&xz), Some(&wz), &attrs(vec![], vec![])).unwrap();
+        assert_eq!(y.dtype(), DType::I32);
+        assert_eq!(y.as_slice::<i32>().unwrap(), &[-1, 2, 5]);
+    }
+
+    #[test]
+    fn malformed_shapes_are_errors_not_panics() {
         let x = Tensor::zeros(DType::F32, &[1, 3, 5]).unwrap();
         let w = Tensor::zeros(DType::F32, &[2, 2, 3]).unwrap();
         assert!(conv(&x, &w, None, &attrs(vec![], vec![])).is_err());
+        let w = Tensor::zeros(DType::F32, &[2, 3, 3]).unwrap();
+        assert!(conv(&x, &w, None, &attrs(vec![1], vec![])).is_err(), "pads of the wrong length");
+        assert!(conv(&x, &w, None, &attrs(vec![], vec![0])).is_err(), "zero stride");
+        assert!(conv(&x, &Tensor::zeros(DType::F32, &[2, 3, 7]).unwrap(), None, &attrs(vec![], vec![])).is_err());
+        let bad_kernel = ConvAttrs { kernel_shape: vec![5], ..attrs(vec![], vec![]) };
+        assert!(conv(&x, &w, None, &bad_kernel).is_err());
+        let wt = Tensor::zeros(DType::F32, &[3, 1, 3]).unwrap();
+        assert!(conv_transpose(&x, &wt, None, &bad_kernel, &[], &[]).is_err());
+        let wt0 = Tensor::zeros(DType::F32, &[3, 1, 0]).unwrap();
+        assert!(conv_transpose(&x, &wt0, None, &attrs(vec![], vec![]), &[], &[]).is_err());
+        let x0 = Tensor::zeros(DType::F32, &[1, 3, 0]).unwrap();
+        assert!(conv_transpose(&x0, &wt, None, &attrs(vec![], vec![]), &[], &[]).is_err());
+        // full output 5 - 1 + 3 = 7 positions, pads remove 8
+        assert!(conv_transpose(&x, &wt, None, &attrs(vec![4, 4], vec![]), &[], &[]).is_err());
+        let xi = Tensor::zeros(DType::I32, &[1, 3, 5]).unwrap();
+        assert!(conv(&xi, &w, None, &attrs(vec![], vec![])).is_err());
+    }
+
+    #[test]
+    fn infer_keeps_a_symbolic_batch() {
+        let x = Fact::new(DType::F32, Shape(vec![Dim::Sym("N".into()), Dim::Fixed(3), Dim::Fixed(5)]));
+        let w = Fact::new(DType::F32, Shape::fixed(&[4, 3, 3]));
+        let ins = [InferInput { fact: &x, value: None }, InferInput { fact: &w, value: None }];
+        let f = ConvOp::Conv(attrs(vec![1, 1], vec![2])).infer(&ins, 1).unwrap();
+        assert_eq!(f[0].shape, Some(Shape(vec![Dim::Sym("N".into()), Dim::Fixed(4), Dim::Fixed(3)])));
+        let ct = ConvOp::ConvTranspose { attrs: attrs(vec![], vec![2]), output_padding: vec![1], output_shape: vec![] };
+        let wt = Fact::new(DType::F32, Shape::fixed(&[3, 2, 3]));
+        let f = ct.infer(&[ins[0], InferInput { fact: &wt, value: None }], 1).unwrap();
+        // 2 * (5 - 1) + 1 + 3 = 12
+        assert_eq!(f[0].shape, Some(Shape(vec![Dim::Sym("N".into()), Dim::Fixed(2), Dim::Fixed(12)])));
     }
 }

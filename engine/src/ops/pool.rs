@@ -1,11 +1,16 @@
 //! Pooling: MaxPool (with optional Indices), AveragePool, LpPool (N-D; pads,
-//! strides, dilations, ceil_mode, auto_pad), GlobalAveragePool, GlobalMaxPool.
-//! Reference: ONNX spec MaxPool-22, AveragePool-22, LpPool-22, Global*Pool-22.
+//! strides, dilations, ceil_mode, auto_pad), GlobalAveragePool, GlobalMaxPool,
+//! GlobalLpPool, and MaxUnpool (the scatter that inverts MaxPool's Indices).
+//! Reference: ONNX spec MaxPool-22, AveragePool-22, LpPool-22, Global*Pool-22,
+//! MaxUnpool-22. The window geometry is [`Window`], shared with Conv.
+//!
+//! Values are pooled in f64 and written back in the input's dtype (MaxPool is
+//! exact for every numeric type; averages round once).
 
-use super::conv::{conv_geometry, ConvAttrs};
-use super::{input, strides, EvalCtx, InferInput, OpImpl};
+use super::conv::{ConvAttrs, Window};
+use super::{input, opt_input, strides, EvalCtx, InferInput, OpImpl};
 use crate::dtype::{DType, Element};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::shape::{Dim, Fact, Shape};
 use crate::tensor::Tensor;
 use crate::{bail, dispatch_numeric};
@@ -28,22 +33,73 @@ pub enum PoolOp {
     },
     GlobalAverage,
     GlobalMax,
+    GlobalLp {
+        p: f32,
+    },
+    /// Inputs X, I (flat indices from MaxPool) and optional output_shape; the
+    /// default output size is `(in - 1) * stride + kernel - pads`.
+    MaxUnpool {
+        kernel_shape: Vec<usize>,
+        pads: Vec<usize>,
+        strides: Vec<usize>,
+    },
+}
+
+fn from_f64(dt: DType, shape: &[usize], v: &[f64]) -> Result<Tensor> {
+    dispatch_numeric!(dt, T => Tensor::from_vec(shape, v.iter().map(|&x| T::from_f64(x)).collect::<Vec<T>>()),
+        bool => Err(Error::DType { expected: "a numeric type for pooling".into(), actual: dt }))
 }
 
 /// Pools `x` `[N, C, spatial...]`; returns values and (for max) flat indices.
 fn pool(x: &Tensor, kind: PoolKind, a: &ConvAttrs, ceil_mode: bool, storage_order: usize) -> Result<(Tensor, Tensor)> {
     let xs = x.shape();
     if xs.len() < 3 {
-        bail!("pooling needs [N, C, spatial...], got {xs:?}");
+        return Err(Error::Shape(format!("pooling needs X [N, C, spatial...], got {xs:?}")));
+    }
+    if x.dtype() == DType::Bool {
+        return Err(Error::DType { expected: "a numeric type for pooling".into(), actual: x.dtype() });
     }
     let sp = &xs[2..];
     let nd = sp.len();
-    let (out, begin, dil) = conv_geometry(sp, &a.kernel_shape, a, ceil_mode)?;
-    let stride = if a.strides.is_empty() { vec![1; nd] } else { a.strides.clone() };
-    let pad_end: Vec<usize> = if a.pads.len() == 2 * nd { a.pads[nd..].to_vec() } else { vec![0; nd] };
-    let k = &a.kernel_shape;
-    let (nk, no, ns): (usize, usize, usize) = (k.iter().product(), out.iter().product(), sp.iter().product());
-    let (kst, ost, sst) = (strides(k), strides(&out), strides(sp));
+    let g = Window::new(sp, &a.kernel_shape, a, ceil_mode)?;
+    let k = &g.kernel;
+    let (nk, no, ns): (usize, usize, usize) = (k.iter().product(), g.out.iter().product(), sp.iter().product());
+    let (kst, ost, sst) = (strides(k), strides(&g.out), strides(sp));
+    // column-major flat index within a plane: strides of the reversed dims
+    let cst: Vec<usize> = {
+        let rev: Vec<usize> = sp.iter().rev().copied().collect();
+        let mut s = strides(&rev);
+        s.reverse();
+        s
+    };
+    // The taps of each output window (offset in the plane, column-major offset) and
+    // how many of its positions are input or padding, computed once for all planes.
+    let mut taps: Vec<(usize, usize)> = Vec::new();
+    let mut starts = vec![0usize; no + 1];
+    let mut padded = vec![0usize; no];
+    let mut pos = vec![0usize; nd];
+    for o in 0..no {
+        for kk in 0..nk {
+            let (mut inside, mut in_padded) = (true, true);
+            for d in 0..nd {
+                let p = ((o / ost[d]) % g.out[d] * g.stride[d] + (kk / kst[d]) % k[d] * g.dil[d]) as i64
+                    - g.pad_begin[d] as i64;
+                if p < 0 || p as usize >= sp[d] {
+                    inside = false;
+                    // in ceil mode the window may reach past the end padding
+                    in_padded &= p < (sp[d] + g.pad_end[d]) as i64;
+                } else {
+                    pos[d] = p as usize;
+                }
+            }
+            padded[o] += in_padded as usize;
+            if inside {
+                let dot = |s: &[usize]| pos.iter().zip(s).map(|(p, s)| p * s).sum::<usize>();
+                taps.push((dot(&sst), dot(&cst)));
+            }
+        }
+        starts[o + 1] = taps.len();
+    }
     let planes = xs[0] * xs[1];
     let v = x.to_f64_vec();
     let mut vals = vec![0f64; planes * no];
@@ -51,91 +107,126 @@ fn pool(x: &Tensor, kind: PoolKind, a: &ConvAttrs, ceil_mode: bool, storage_orde
     for pl in 0..planes {
         let src = &v[pl * ns..(pl + 1) * ns];
         for o in 0..no {
-            let (mut best, mut best_i, mut sum, mut count, mut padded) =
-                (f64::NEG_INFINITY, usize::MAX, 0f64, 0usize, 0usize);
-            for kk in 0..nk {
-                let mut off = 0usize;
-                let mut inside = true;
-                let mut in_padded = true;
-                for d in 0..nd {
-                    let p = ((o / ost[d]) % out[d] * stride[d] + (kk / kst[d]) % k[d] * dil[d]) as isize
-                        - begin[d] as isize;
-                    if p < 0 || p as usize >= sp[d] {
-                        inside = false;
-                        if p >= (sp[d] + pad_end[d]) as isize {
-                            in_padded = false;
-                        }
-                    } else {
-                        off += p as usize * sst[d];
-                    }
-                }
-                if in_padded {
-                    padded += 1;
-                }
-                if !inside {
-                    continue;
-                }
-                let val = src[off];
-                count += 1;
-                match kind {
-                    PoolKind::Max => {
-                        if val > best || best_i == usize::MAX {
-                            best = val;
-                            best_i = off;
+            let window = &taps[starts[o]..starts[o + 1]];
+            let r = pl * no + o;
+            match kind {
+                PoolKind::Max => {
+                    let (mut best, mut at) = (f64::NEG_INFINITY, None);
+                    for &(off, cm) in window {
+                        if at.is_none() || src[off] > best {
+                            (best, at) = (src[off], Some(if storage_order == 1 { cm } else { off }));
                         }
                     }
-                    PoolKind::Average { .. } => sum += val,
-                    PoolKind::Lp { p } => sum += val.abs().powf(p as f64),
+                    vals[r] = best;
+                    // Indices are flat over the whole input tensor (N, C, then the plane).
+                    idx[r] = (pl * ns + at.unwrap_or(0)) as i64;
                 }
-            }
-            if best_i == usize::MAX {
-                best_i = 0;
-            }
-            vals[pl * no + o] = match kind {
-                PoolKind::Max => best,
                 PoolKind::Average { count_include_pad } => {
-                    sum / (if count_include_pad { padded } else { count }).max(1) as f64
+                    let n = if count_include_pad { padded[o] } else { window.len() };
+                    vals[r] = window.iter().map(|&(off, _)| src[off]).sum::<f64>() / n.max(1) as f64;
                 }
-                PoolKind::Lp { p } => sum.powf(1.0 / p as f64),
-            };
-            // Indices are flat over the whole input tensor (NCHW order, or CHW column-major).
-            let flat = if storage_order == 1 && nd == 2 {
-                let (h, w) = ((best_i / sp[1]), best_i % sp[1]);
-                w * sp[0] + h
-            } else {
-                best_i
-            };
-            idx[pl * no + o] = (pl * ns + flat) as i64;
+                PoolKind::Lp { p } => {
+                    let p = p as f64;
+                    vals[r] = window.iter().map(|&(off, _)| src[off].abs().powf(p)).sum::<f64>().powf(1.0 / p);
+                }
+            }
         }
     }
     let mut shape = xs[..2].to_vec();
-    shape.extend(&out);
-    let values = dispatch_numeric!(x.dtype(), T => Tensor::from_vec(&shape, vals.iter().map(|&v| T::from_f64(v)).collect::<Vec<T>>())?,
-        bool => bail!("pooling does not accept bool"));
-    Ok((values, Tensor::from_vec(&shape, idx)?))
+    shape.extend(&g.out);
+    Ok((from_f64(x.dtype(), &shape, &vals)?, Tensor::from_vec(&shape, idx)?))
 }
 
-fn global(x: &Tensor, max: bool) -> Result<Tensor> {
+fn global(x: &Tensor, op: &PoolOp) -> Result<Tensor> {
     let xs = x.shape();
     if xs.len() < 2 {
-        bail!("global pooling needs [N, C, ...], got {xs:?}");
+        return Err(Error::Shape(format!("global pooling needs X [N, C, ...], got {xs:?}")));
     }
     let ns: usize = xs[2..].iter().product();
     let v = x.to_f64_vec();
     let r: Vec<f64> = v
         .chunks(ns.max(1))
-        .map(|c| {
-            if max {
-                c.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
-            } else {
-                c.iter().sum::<f64>() / ns.max(1) as f64
-            }
+        .map(|c| match op {
+            PoolOp::GlobalMax => c.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+            PoolOp::GlobalLp { p } => c.iter().map(|v| v.abs().powf(*p as f64)).sum::<f64>().powf(1.0 / *p as f64),
+            _ => c.iter().sum::<f64>() / ns.max(1) as f64,
         })
         .collect();
     let mut shape = xs[..2].to_vec();
     shape.extend(std::iter::repeat_n(1, xs.len() - 2));
-    dispatch_numeric!(x.dtype(), T => Tensor::from_vec(&shape, r.iter().map(|&v| T::from_f64(v)).collect::<Vec<T>>()),
-        bool => bail!("pooling does not accept bool"))
+    from_f64(x.dtype(), &shape, &r)
+}
+
+/// MaxUnpool's default output spatial size: `(in - 1) * stride + kernel - pad_begin - pad_end`.
+fn unpool_default(sp: &[usize], kernel: &[usize], pads: &[usize], strides: &[usize]) -> Result<Vec<usize>> {
+    let n = sp.len();
+    let stride = if strides.is_empty() { vec![1; n] } else { strides.to_vec() };
+    let pads = if pads.is_empty() { vec![0; 2 * n] } else { pads.to_vec() };
+    if kernel.len() != n || stride.len() != n || pads.len() != 2 * n {
+        bail!("MaxUnpool kernel_shape {kernel:?}, strides {stride:?} and pads {pads:?} do not fit {n} spatial dims");
+    }
+    (0..n)
+        .map(|i| {
+            let full = sp[i].saturating_sub(1) * stride[i] + kernel[i];
+            full.checked_sub(pads[i] + pads[i + n]).ok_or_else(|| {
+                Error::Shape(format!("MaxUnpool pads {pads:?} are larger than the output ({full}) on spatial axis {i}"))
+            })
+        })
+        .collect()
+}
+
+fn max_unpool(
+    x: &Tensor,
+    ind: &Tensor,
+    out_shape: Option<&Tensor>,
+    kernel: &[usize],
+    pads: &[usize],
+    strides: &[usize],
+) -> Result<Tensor> {
+    let xs = x.shape();
+    if xs.len() < 3 || ind.shape() != xs {
+        return Err(Error::Shape(format!(
+            "MaxUnpool needs X [N, C, spatial...] and I of the same shape, got X {xs:?} and I {:?}",
+            ind.shape()
+        )));
+    }
+    let shape: Vec<usize> = match out_shape {
+        Some(t) => {
+            let v = t.to_i64_vec()?;
+            if v.len() != xs.len() || v.iter().any(|&d| d < 0) || v[..2] != [xs[0] as i64, xs[1] as i64] {
+                return Err(Error::Shape(format!(
+                    "MaxUnpool output_shape {v:?} must be [{}, {}, spatial...]",
+                    xs[0], xs[1]
+                )));
+            }
+            v.into_iter().map(|d| d as usize).collect()
+        }
+        None => {
+            let mut s = xs[..2].to_vec();
+            s.extend(unpool_default(&xs[2..], kernel, pads, strides)?);
+            s
+        }
+    };
+    let mut out = Tensor::zeros(x.dtype(), &shape)?;
+    let total = out.numel();
+    let targets = ind.to_i64_vec()?;
+    if let Some(&bad) = targets.iter().find(|&&i| i < 0 || i as usize >= total) {
+        return Err(Error::Invalid(format!("MaxUnpool index {bad} is outside the output of shape {shape:?}")));
+    }
+    dispatch_numeric!(x.dtype(), T => {
+        let src = x.as_slice::<T>()?;
+        let dst = out.as_mut_slice::<T>()?;
+        for (&i, &v) in targets.iter().zip(src) {
+            dst[i as usize] = v;
+        }
+    }, bool => {
+        let src = x.bytes().to_vec();
+        let dst = out.bytes_mut();
+        for (&i, &v) in targets.iter().zip(&src) {
+            dst[i as usize] = v;
+        }
+    });
+    Ok(out)
 }
 
 impl OpImpl for PoolOp {
@@ -146,26 +237,38 @@ impl OpImpl for PoolOp {
             PoolOp::Pool { kind: PoolKind::Lp { .. }, .. } => "LpPool",
             PoolOp::GlobalAverage => "GlobalAveragePool",
             PoolOp::GlobalMax => "GlobalMaxPool",
+            PoolOp::GlobalLp { .. } => "GlobalLpPool",
+            PoolOp::MaxUnpool { .. } => "MaxUnpool",
         }
     }
 
     fn infer(&self, inputs: &[InferInput<'_>], n: usize) -> Result<Vec<Fact>> {
         let x = inputs.first().map(|i| i.fact.clone()).unwrap_or_else(Fact::unknown);
+        let fixed_spatial = |s: &Shape| Shape(s.0[2..].to_vec()).as_fixed();
+        let with_spatial = |s: &Shape, sp: Vec<usize>| {
+            let mut d = s.0[..2].to_vec();
+            d.extend(sp.into_iter().map(Dim::Fixed));
+            Some(Shape(d))
+        };
         let shape = match (self, x.shape.as_ref()) {
-            (PoolOp::GlobalAverage | PoolOp::GlobalMax, Some(s)) if s.rank() >= 2 => {
-                let mut d = s.0[..2].to_vec();
-                d.extend(std::iter::repeat_n(Dim::Fixed(1), s.rank() - 2));
-                Some(Shape(d))
+            (PoolOp::GlobalAverage | PoolOp::GlobalMax | PoolOp::GlobalLp { .. }, Some(s)) if s.rank() >= 2 => {
+                with_spatial(s, vec![1; s.rank() - 2])
             }
-            (PoolOp::Pool { attrs, ceil_mode, .. }, Some(s)) if s.rank() >= 3 => {
-                match s.0[2..].iter().map(Dim::fixed).collect::<Option<Vec<_>>>() {
-                    Some(sp) => {
-                        let (out, _, _) = conv_geometry(&sp, &attrs.kernel_shape, attrs, *ceil_mode)?;
-                        let mut d = s.0[..2].to_vec();
-                        d.extend(out.into_iter().map(Dim::Fixed));
-                        Some(Shape(d))
+            (PoolOp::Pool { attrs, ceil_mode, .. }, Some(s)) if s.rank() >= 3 => match fixed_spatial(s) {
+                Some(sp) => with_spatial(s, Window::new(&sp, &attrs.kernel_shape, attrs, *ceil_mode)?.out),
+                None => None,
+            },
+            (PoolOp::MaxUnpool { kernel_shape, pads, strides }, Some(s)) if s.rank() >= 3 => {
+                match (inputs.get(2).and_then(|i| i.value), fixed_spatial(s)) {
+                    (Some(v), _) => {
+                        Some(Shape(v.to_i64_vec()?.into_iter().map(|d| Dim::Fixed(d.max(0) as usize)).collect()))
                     }
-                    None => None,
+                    (None, Some(sp))
+                        if inputs.get(2).is_none_or(|i| i.fact.shape.is_none() && i.fact.dtype.is_none()) =>
+                    {
+                        with_spatial(s, unpool_default(&sp, kernel_shape, pads, strides)?)
+                    }
+                    _ => None,
                 }
             }
             _ => None,
@@ -188,8 +291,10 @@ impl OpImpl for PoolOp {
                     vec![v]
                 }
             }
-            PoolOp::GlobalAverage => vec![global(x, false)?],
-            PoolOp::GlobalMax => vec![global(x, true)?],
+            PoolOp::GlobalAverage | PoolOp::GlobalMax | PoolOp::GlobalLp { .. } => vec![global(x, self)?],
+            PoolOp::MaxUnpool { kernel_shape, pads, strides } => {
+                vec![max_unpool(x, input(inputs, 1, "I")?, opt_input(inputs, 2), kernel_shape, pads, strides)?]
+            }
         })
     }
 }
@@ -199,17 +304,14 @@ mod tests {
     use super::*;
     use crate::ops::conv::AutoPad;
 
+    fn attrs(kernel: Vec<usize>, pads: Vec<usize>, strides: Vec<usize>) -> ConvAttrs {
+        ConvAttrs { auto_pad: AutoPad::NotSet, dilations: vec![], group: 1, kernel_shape: kernel, pads, strides }
+    }
+
     #[test]
     fn max_and_average_pool_1d() {
         let x = Tensor::from_slice(&[1, 1, 5], &[1.0f32, 5.0, 2.0, 4.0, 3.0]).unwrap();
-        let a = ConvAttrs {
-            auto_pad: AutoPad::NotSet,
-            dilations: vec![],
-            group: 1,
-            kernel_shape: vec![2],
-            pads: vec![],
-            strides: vec![2],
-        };
+        let a = attrs(vec![2], vec![], vec![2]);
         let (m, i) = pool(&x, PoolKind::Max, &a, false, 0).unwrap();
         assert_eq!(m.as_slice::<f32>().unwrap(), &[5.0, 4.0]);
         assert_eq!(i.as_slice::<i64>().unwrap(), &[1, 3]);
@@ -217,5 +319,61 @@ mod tests {
         assert_eq!(m.as_slice::<f32>().unwrap(), &[5.0, 4.0, 3.0]);
         let (avg, _) = pool(&x, PoolKind::Average { count_include_pad: false }, &a, false, 0).unwrap();
         assert_eq!(avg.as_slice::<f32>().unwrap(), &[3.0, 3.0]);
+    }
+
+    #[test]
+    fn same_upper_average_counts_the_end_padding_when_asked() {
+        // in 4, kernel 3, stride 1, SAME_UPPER: one pad on each side
+        let x = Tensor::from_slice(&[1, 1, 4], &[3.0f32, 6.0, 9.0, 12.0]).unwrap();
+        let a = ConvAttrs { auto_pad: AutoPad::SameUpper, ..attrs(vec![3], vec![], vec![]) };
+        let (y, _) = pool(&x, PoolKind::Average { count_include_pad: true }, &a, false, 0).unwrap();
+        assert_eq!(y.as_slice::<f32>().unwrap(), &[3.0, 6.0, 9.0, 7.0]);
+        let (y, _) = pool(&x, PoolKind::Average { count_include_pad: false }, &a, false, 0).unwrap();
+        assert_eq!(y.as_slice::<f32>().unwrap(), &[4.5, 6.0, 9.0, 10.5]);
+    }
+
+    #[test]
+    fn column_major_indices_run_down_columns() {
+        // 2x2 plane [[1, 4], [3, 2]] in channel 1 of 2: the max 4 sits at (0, 1);
+        // row-major 4 + 1 = 5, column-major 4 + 1 * 2 + 0 = 6
+        let x = Tensor::from_slice(&[1, 2, 2, 2], &[0.0f32, 0.0, 0.0, 0.0, 1.0, 4.0, 3.0, 2.0]).unwrap();
+        let a = attrs(vec![2, 2], vec![], vec![]);
+        let (_, i) = pool(&x, PoolKind::Max, &a, false, 0).unwrap();
+        assert_eq!(i.as_slice::<i64>().unwrap(), &[0, 5]);
+        let (_, i) = pool(&x, PoolKind::Max, &a, false, 1).unwrap();
+        assert_eq!(i.as_slice::<i64>().unwrap(), &[0, 6]);
+    }
+
+    #[test]
+    fn lp_pools_take_the_p_norm() {
+        let x = Tensor::from_slice(&[1, 1, 2], &[3.0f32, -4.0]).unwrap();
+        let (y, _) = pool(&x, PoolKind::Lp { p: 2.0 }, &attrs(vec![2], vec![], vec![]), false, 0).unwrap();
+        assert_eq!(y.as_slice::<f32>().unwrap(), &[5.0]);
+        let y = global(&x, &PoolOp::GlobalLp { p: 1.0 }).unwrap();
+        assert_eq!((y.shape(), y.as_slice::<f32>().unwrap()), (&[1usize, 1, 1][..], &[7.0f32][..]));
+    }
+
+    #[test]
+    fn max_unpool_scatters_to_the_indices() {
+        // MaxPool of [1 5 2 4] with kernel 2, stride 2 gave [5 4] at [1 3]
+        let x = Tensor::from_slice(&[1, 1, 2], &[5.0f32, 4.0]).unwrap();
+        let i = Tensor::from_slice(&[1, 1, 2], &[1i64, 3]).unwrap();
+        let y = max_unpool(&x, &i, None, &[2], &[], &[2]).unwrap();
+        assert_eq!(y.as_slice::<f32>().unwrap(), &[0.0, 5.0, 0.0, 4.0]);
+        let shape = Tensor::from_slice(&[3], &[1i64, 1, 5]).unwrap();
+        let y = max_unpool(&x, &i, Some(&shape), &[2], &[], &[2]).unwrap();
+        assert_eq!(y.as_slice::<f32>().unwrap(), &[0.0, 5.0, 0.0, 4.0, 0.0]);
+        let far = Tensor::from_slice(&[1, 1, 2], &[1i64, 9]).unwrap();
+        assert!(max_unpool(&x, &far, None, &[2], &[], &[2]).is_err());
+    }
+
+    #[test]
+    fn malformed_pooling_is_an_error() {
+        let x = Tensor::zeros(DType::F32, &[1, 1, 5]).unwrap();
+        assert!(pool(&x, PoolKind::Max, &attrs(vec![2, 2], vec![], vec![]), false, 0).is_err());
+        assert!(pool(&x, PoolKind::Max, &attrs(vec![6], vec![], vec![]), false, 0).is_err());
+        assert!(pool(&x, PoolKind::Max, &attrs(vec![2], vec![1], vec![]), false, 0).is_err());
+        assert!(pool(&x, PoolKind::Max, &attrs(vec![0], vec![], vec![]), false, 0).is_err());
+        assert!(pool(&x.reshaped(&[5]).unwrap(), PoolKind::Max, &attrs(vec![2], vec![], vec![]), false, 0).is_err());
     }
 }
