@@ -1,9 +1,9 @@
 //! Convolutions: Conv (N-D: 1-D audio, 2-D images, 3-D; groups, dilations,
 //! strides, explicit or auto padding), ConvTranspose and ConvInteger.
 //! Reference: ONNX spec Conv-22, ConvTranspose-22, ConvInteger-10 (output size
-//! and `auto_pad` formulas); onnx/reference/ops/op_conv_transpose.py for the
-//! ConvTranspose corner the spec leaves open (explicit `pads` together with
-//! `output_shape`: the pads are honoured).
+//! and `auto_pad` formulas). Where onnxruntime and the ONNX reference disagree
+//! with the spec text (SAME with dilation, ConvTranspose SAME sizes), floe
+//! follows the spec text.
 //!
 //! The sliding-window geometry ([`Window`]) is shared with pooling. Conv lowers
 //! each (batch, group) to an im2col matrix and one GEMM through
@@ -311,10 +311,11 @@ struct TransposeWindow {
 
 /// Output size and begin padding of ConvTranspose (spec ConvTranspose-22):
 /// `full = stride * (in - 1) + output_padding + (kernel - 1) * dilation + 1`.
-/// Explicit `pads` are cut from `full` (or placed, when `output_shape` is also
-/// given); otherwise the target is `output_shape`, `in * stride` for SAME_*, or
-/// `full`, and the difference `total = full - target` is split with
-/// `begin = total / 2` (SAME_UPPER) or `total - total / 2` (else), `/` flooring.
+/// Explicit `pads` are cut from `full`. Otherwise (and always when `output_shape`
+/// is given: it overrides `pads`) the target is `output_shape`, `in * stride` for
+/// SAME_*, or `full`, and `total = full - target` is split with
+/// `begin = total / 2` (SAME_UPPER) or `total - total / 2` (else), `/` flooring
+/// as the ONNX reference does when the target is larger than `full`.
 fn transpose_window(
     x_sp: &[usize],
     kernel: &[usize],
@@ -340,7 +341,7 @@ fn transpose_window(
     if kernel.contains(&0) || stride.contains(&0) || dil.contains(&0) || x_sp.contains(&0) {
         bail!("ConvTranspose needs positive kernel {kernel:?}, strides {stride:?}, dilations {dil:?} and input spatial dims {x_sp:?}");
     }
-    let explicit = a.auto_pad == AutoPad::NotSet && !a.pads.is_empty();
+    let explicit = a.auto_pad == AutoPad::NotSet && !a.pads.is_empty() && target.is_none();
     if explicit && a.pads.len() != 2 * nd {
         bail!("ConvTranspose pads {:?} must have {} values (begin and end per spatial dim)", a.pads, 2 * nd);
     }
@@ -350,10 +351,7 @@ fn transpose_window(
         let full = (stride[i] * (x_sp[i] - 1) + opad[i] + (kernel[i] - 1) * dil[i] + 1) as i64;
         if explicit {
             let (pb, pe) = (a.pads[i] as i64, a.pads[i + nd] as i64);
-            let o = match target {
-                Some(t) => t[i] as i64,
-                None => full - pb - pe,
-            };
+            let o = full - pb - pe;
             if o <= 0 {
                 return Err(Error::Shape(format!(
                     "ConvTranspose pads {:?} remove the whole output ({full} positions) on spatial axis {i}",
@@ -665,6 +663,11 @@ mod tests {
         let x = t32(&[1, 1, 2], &[1.0, 2.0]);
         let w = t32(&[1, 1, 2], &[1.0, 1.0]);
         let y = conv_transpose(&x, &w, None, &attrs(vec![], vec![2]), &[], &[3]).unwrap();
+        assert_eq!(y.as_slice::<f32>().unwrap(), &[1.0, 2.0, 2.0]);
+        // pads [0, 1] alone crop the end; with output_shape they are ignored
+        let y = conv_transpose(&x, &w, None, &attrs(vec![0, 1], vec![2]), &[], &[]).unwrap();
+        assert_eq!(y.as_slice::<f32>().unwrap(), &[1.0, 1.0, 2.0]);
+        let y = conv_transpose(&x, &w, None, &attrs(vec![0, 1], vec![2]), &[], &[3]).unwrap();
         assert_eq!(y.as_slice::<f32>().unwrap(), &[1.0, 2.0, 2.0]);
         // SAME_UPPER with stride 3: target 2 * 3 = 6 > full 5 -> total -1, begin floor(-1/2) = -1
         let a = ConvAttrs { auto_pad: AutoPad::SameUpper, ..attrs(vec![], vec![3]) };

@@ -513,18 +513,39 @@ impl BinaryOp {
         }
         let out_dt = self.out_dtype(da);
         let mut out = Tensor::zeros(out_dt, &out_shape)?;
-        if a.shape() == b.shape() && da == DType::F32 && db == DType::F32 && out_dt == DType::F32 {
-            // Same-shape f32 fast path through the kernels seam.
+        if da == DType::F32 && db == DType::F32 && out_dt == DType::F32 {
+            use floe_kernels::elementwise as ew;
             let kind = match self {
-                BinaryOp::Add => Some(floe_kernels::elementwise::BinaryKind::Add),
-                BinaryOp::Sub => Some(floe_kernels::elementwise::BinaryKind::Sub),
-                BinaryOp::Mul => Some(floe_kernels::elementwise::BinaryKind::Mul),
-                BinaryOp::Div => Some(floe_kernels::elementwise::BinaryKind::Div),
+                BinaryOp::Add => Some(ew::BinaryKind::Add),
+                BinaryOp::Sub => Some(ew::BinaryKind::Sub),
+                BinaryOp::Mul => Some(ew::BinaryKind::Mul),
+                BinaryOp::Div => Some(ew::BinaryKind::Div),
                 _ => None,
             };
             if let Some(kind) = kind {
-                floe_kernels::elementwise::binary_f32(kind, a.as_slice()?, b.as_slice()?, out.as_mut_slice()?);
-                return Ok(out);
+                let (av, bv) = (a.as_slice::<f32>()?, b.as_slice::<f32>()?);
+                // trailing dims of `small` equal the output's (leading dims of 1 stripped)
+                let is_suffix = |small: &[usize]| {
+                    let s: Vec<usize> = small.iter().copied().skip_while(|&d| d == 1).collect();
+                    out_shape.ends_with(&s)
+                };
+                let o = out.as_mut_slice::<f32>()?;
+                if a.shape() == b.shape() {
+                    ew::binary_f32(kind, av, bv, o);
+                    return Ok(out);
+                } else if bv.len() == 1 && a.shape() == out_shape.as_slice() {
+                    ew::binary_f32_scalar(kind, av, bv[0], false, o);
+                    return Ok(out);
+                } else if av.len() == 1 && b.shape() == out_shape.as_slice() {
+                    ew::binary_f32_scalar(kind, bv, av[0], true, o);
+                    return Ok(out);
+                } else if a.shape() == out_shape.as_slice() && is_suffix(b.shape()) {
+                    ew::binary_f32_rows(kind, av, bv, false, o);
+                    return Ok(out);
+                } else if b.shape() == out_shape.as_slice() && is_suffix(a.shape()) {
+                    ew::binary_f32_rows(kind, bv, av, true, o);
+                    return Ok(out);
+                }
             }
         }
         let (oa, ob) = binary_offsets(a.shape(), b.shape(), &out_shape);

@@ -2,9 +2,15 @@
 //! InstanceNormalization, RMSNormalization, GroupNormalization,
 //! LpNormalization, MeanVarianceNormalization, LRN.
 //! Reference: ONNX spec for each op (BatchNormalization-15, LayerNormalization-17,
-//! RMSNormalization-23, GroupNormalization-18/21, LRN-13). Statistics are
-//! accumulated in f64.
+//! InstanceNormalization-22, RMSNormalization-23, GroupNormalization-18/21,
+//! LpNormalization-22, MeanVarianceNormalization-13, LRN-13).
+//!
+//! Statistics are accumulated in f64 (two passes: mean, then squared deviations),
+//! which is at least as precise as any `stash_type`. LayerNormalization and
+//! RMSNormalization on f32 (what the fusion passes produce) work on the f32 data
+//! in place; the other ops and dtypes go through f64 buffers.
 
+use super::broadcast::for_each_offset;
 use super::{input, norm_axis, opt_input, EvalCtx, InferInput, OpImpl};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
@@ -17,7 +23,7 @@ pub enum NormOp {
     BatchNorm {
         epsilon: f32,
     },
-    /// Outputs Y and optionally Mean and InvStdDev.
+    /// Outputs Y and optionally Mean and InvStdDev (float32: `stash_type` 1).
     LayerNorm {
         axis: i64,
         epsilon: f32,
@@ -52,40 +58,65 @@ pub enum NormOp {
 
 fn make(dt: DType, shape: &[usize], v: &[f64]) -> Result<Tensor> {
     dispatch_float!(dt, T => Tensor::from_vec(shape, v.iter().map(|&x| T::from_f64(x)).collect::<Vec<T>>()),
-        _ => bail!("normalization expects a float input, got {dt}"))
+        _ => Err(Error::DType { expected: "a float type for normalization".into(), actual: dt }))
 }
 
-/// `scale`/`bias` of `n` elements broadcast over the normalised block (or one value).
-fn affine(t: Option<&Tensor>, n: usize, what: &str, default: f64) -> Result<Vec<f64>> {
-    match t {
-        None => Ok(vec![default; n]),
-        Some(t) => {
-            let v = t.to_f64_vec();
-            if v.len() == n {
-                Ok(v)
-            } else if v.len() == 1 {
-                Ok(vec![v[0]; n])
-            } else if v.len() < n && n.is_multiple_of(v.len()) {
-                // broadcast over leading dims of the normalised block
-                Ok((0..n).map(|i| v[i % v.len()]).collect())
-            } else {
-                Err(Error::Shape(format!("{what} has {} values for a normalised block of {n}", v.len())))
-            }
-        }
+fn check_float(op: &str, x: &Tensor) -> Result<()> {
+    if !x.dtype().is_float() {
+        return Err(Error::DType { expected: format!("a float type for {op}"), actual: x.dtype() });
     }
+    Ok(())
 }
 
-/// Normalises each of `rows` contiguous blocks of `n` values: `(x - mean) / sqrt(var + eps)`
+/// `scale`/`bias` broadcast (unidirectionally, numpy rules) to the normalised
+/// block shape `block`, as `block.iter().product()` values; `default` when absent.
+fn broadcast_affine(t: Option<&Tensor>, block: &[usize], what: &str, default: f64) -> Result<Vec<f64>> {
+    let n: usize = block.iter().product();
+    let Some(t) = t else { return Ok(vec![default; n]) };
+    // leading 1s beyond the block's rank carry no information
+    let lead = t.rank().saturating_sub(block.len());
+    let ts = &t.shape()[lead..];
+    let fits = t.shape()[..lead].iter().all(|&d| d == 1)
+        && ts.iter().zip(&block[block.len() - ts.len()..]).all(|(&a, &b)| a == 1 || a == b);
+    if !fits {
+        return Err(Error::Shape(format!(
+            "{what} has shape {:?}, which does not broadcast to the normalised shape {block:?}",
+            t.shape()
+        )));
+    }
+    let v = t.to_f64_vec();
+    if v.len() == n {
+        return Ok(v);
+    }
+    let mut out = vec![0.0; n];
+    for_each_offset(ts, block, |i, o| out[i] = v[o]);
+    Ok(out)
+}
+
+/// `scale`/`bias` with exactly one value per channel (or group).
+fn per_channel(t: &Tensor, n: usize, what: &str, per: &str) -> Result<Vec<f64>> {
+    if t.numel() != n {
+        return Err(Error::Shape(format!("{what} has shape {:?}, expected [{n}] (one per {per})", t.shape())));
+    }
+    Ok(t.to_f64_vec())
+}
+
+/// Mean and 1/sqrt(var + eps) of one row (`center` false: RMS, mean reported as 0).
+fn row_stats(row: impl Iterator<Item = f64> + Clone, n: usize, eps: f64, center: bool) -> (f64, f64) {
+    let mean = if center { row.clone().sum::<f64>() / n as f64 } else { 0.0 };
+    let var = row.map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// Normalises each of the contiguous blocks of `n` values: `(x - mean) / sqrt(var + eps)`
 /// (or without centring for RMS). Returns normalised values, means and 1/std.
 fn normalize_rows(x: &[f64], n: usize, eps: f64, center: bool) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let rows = x.len() / n.max(1);
+    let rows = if n == 0 { 0 } else { x.len() / n };
     let mut out = vec![0.0; x.len()];
     let (mut means, mut invs) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
     for r in 0..rows {
         let row = &x[r * n..(r + 1) * n];
-        let mean = if center { row.iter().sum::<f64>() / n as f64 } else { 0.0 };
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
-        let inv = 1.0 / (var + eps).sqrt();
+        let (mean, inv) = row_stats(row.iter().copied(), n, eps, center);
         for (o, v) in out[r * n..(r + 1) * n].iter_mut().zip(row) {
             *o = (v - mean) * inv;
         }
@@ -95,6 +126,9 @@ fn normalize_rows(x: &[f64], n: usize, eps: f64, center: bool) -> (Vec<f64>, Vec
     (out, means, invs)
 }
 
+/// LayerNormalization (`rms` false) or RMSNormalization over the dims from `axis`
+/// on. With `n_out` > 1 also returns Mean and InvStdDev (float32, shaped like X
+/// with the normalised dims set to 1).
 fn layer_norm(
     x: &Tensor,
     scale: Option<&Tensor>,
@@ -104,39 +138,55 @@ fn layer_norm(
     rms: bool,
     n_out: usize,
 ) -> Result<Vec<Tensor>> {
+    let op = if rms { "RMSNormalization" } else { "LayerNormalization" };
+    check_float(op, x)?;
     let a = norm_axis(axis, x.rank())?;
-    let n: usize = x.shape()[a..].iter().product();
-    let (mut y, means, invs) = normalize_rows(&x.to_f64_vec(), n, eps as f64, !rms);
-    let (s, b) = (affine(scale, n, "scale", 1.0)?, affine(bias, n, "bias", 0.0)?);
-    for (i, v) in y.iter_mut().enumerate() {
-        *v = *v * s[i % n] + b[i % n];
-    }
-    let mut outs = vec![make(x.dtype(), x.shape(), &y)?];
+    let block = &x.shape()[a..];
+    let n: usize = block.iter().product();
+    let (s, b) = (broadcast_affine(scale, block, "scale", 1.0)?, broadcast_affine(bias, block, "bias", 0.0)?);
+    let (y, means, invs) = if x.dtype() == DType::F32 {
+        let xv = x.as_slice::<f32>()?;
+        let mut y = Tensor::zeros(DType::F32, x.shape())?;
+        let (mut means, mut invs) = (Vec::new(), Vec::new());
+        let (s, b): (Vec<f32>, Vec<f32>) =
+            (s.iter().map(|&v| v as f32).collect(), b.iter().map(|&v| v as f32).collect());
+        for (row, out) in xv.chunks_exact(n.max(1)).zip(y.as_mut_slice::<f32>()?.chunks_exact_mut(n.max(1))) {
+            let (mean, inv) = row_stats(row.iter().map(|&v| v as f64), n, eps as f64, !rms);
+            let (mean32, inv32) = (mean as f32, inv as f32);
+            for (((o, &v), &s), &b) in out.iter_mut().zip(row).zip(&s).zip(&b) {
+                *o = (v - mean32) * inv32 * s + b;
+            }
+            means.push(mean);
+            invs.push(inv);
+        }
+        (y, means, invs)
+    } else {
+        let (mut y, means, invs) = normalize_rows(&x.to_f64_vec(), n, eps as f64, !rms);
+        for (i, v) in y.iter_mut().enumerate() {
+            *v = *v * s[i % n] + b[i % n];
+        }
+        (make(x.dtype(), x.shape(), &y)?, means, invs)
+    };
+    let mut outs = vec![y];
     if n_out > 1 {
         let mut stat_shape = x.shape()[..a].to_vec();
         stat_shape.extend(std::iter::repeat_n(1, x.rank() - a));
-        // statistics are float32 unless the input is double (stash_type default 1)
-        let st = if x.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
-        outs.push(make(st, &stat_shape, &means)?);
+        outs.push(make(DType::F32, &stat_shape, &means)?);
         if n_out > 2 {
-            outs.push(make(st, &stat_shape, &invs)?);
+            outs.push(make(DType::F32, &stat_shape, &invs)?);
         }
     }
     Ok(outs)
 }
 
+/// Inference-mode BatchNormalization: `(x - mean) / sqrt(var + eps) * scale + B` per channel.
 fn batch_norm(x: &Tensor, inputs: &[Option<&Tensor>], eps: f32) -> Result<Tensor> {
+    check_float("BatchNormalization", x)?;
     if x.rank() < 2 {
-        bail!("BatchNormalization needs [N, C, ...], got {:?}", x.shape());
+        return Err(Error::Shape(format!("BatchNormalization needs X [N, C, ...], got {:?}", x.shape())));
     }
     let c = x.shape()[1];
-    let get = |i: usize, what: &str| -> Result<Vec<f64>> {
-        let v = input(inputs, i, what)?.to_f64_vec();
-        if v.len() != c {
-            return Err(Error::Shape(format!("BatchNormalization {what} has {} values for {c} channels", v.len())));
-        }
-        Ok(v)
-    };
+    let get = |i: usize, what: &str| per_channel(input(inputs, i, what)?, c, what, "channel");
     let (s, b, m, var) = (get(1, "scale")?, get(2, "B")?, get(3, "input_mean")?, get(4, "input_var")?);
     let inner: usize = x.shape()[2..].iter().product();
     let y: Vec<f64> = x
@@ -152,13 +202,14 @@ fn batch_norm(x: &Tensor, inputs: &[Option<&Tensor>], eps: f32) -> Result<Tensor
 }
 
 fn instance_norm(x: &Tensor, scale: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+    check_float("InstanceNormalization", x)?;
     if x.rank() < 3 {
-        bail!("InstanceNormalization needs [N, C, spatial...], got {:?}", x.shape());
+        return Err(Error::Shape(format!("InstanceNormalization needs X [N, C, spatial...], got {:?}", x.shape())));
     }
     let c = x.shape()[1];
     let inner: usize = x.shape()[2..].iter().product();
+    let (s, b) = (per_channel(scale, c, "scale", "channel")?, per_channel(bias, c, "B", "channel")?);
     let (mut y, _, _) = normalize_rows(&x.to_f64_vec(), inner, eps as f64, true);
-    let (s, b) = (affine(Some(scale), c, "scale", 1.0)?, affine(Some(bias), c, "B", 0.0)?);
     for (i, v) in y.iter_mut().enumerate() {
         let ch = (i / inner) % c;
         *v = *v * s[ch] + b[ch];
@@ -166,25 +217,38 @@ fn instance_norm(x: &Tensor, scale: &Tensor, bias: &Tensor, eps: f32) -> Result<
     make(x.dtype(), x.shape(), &y)
 }
 
-fn group_norm(x: &Tensor, scale: &Tensor, bias: &Tensor, groups: usize, eps: f32, per_channel: bool) -> Result<Tensor> {
+fn group_norm(
+    x: &Tensor,
+    scale: &Tensor,
+    bias: &Tensor,
+    groups: usize,
+    eps: f32,
+    per_channel_affine: bool,
+) -> Result<Tensor> {
+    check_float("GroupNormalization", x)?;
     if x.rank() < 2 || groups == 0 || !x.shape()[1].is_multiple_of(groups) {
-        bail!("GroupNormalization: {groups} groups do not divide the channels of {:?}", x.shape());
+        return Err(Error::Shape(format!(
+            "GroupNormalization needs X [N, C, ...] with C a multiple of num_groups {groups}, got {:?}",
+            x.shape()
+        )));
     }
     let c = x.shape()[1];
     let inner: usize = x.shape()[2..].iter().product();
     let block = c / groups * inner;
+    let (n_aff, per) = if per_channel_affine { (c, "channel") } else { (groups, "group") };
+    let (s, b) = (per_channel(scale, n_aff, "scale", per)?, per_channel(bias, n_aff, "bias", per)?);
     let (mut y, _, _) = normalize_rows(&x.to_f64_vec(), block, eps as f64, true);
-    let n_aff = if per_channel { c } else { groups };
-    let (s, b) = (affine(Some(scale), n_aff, "scale", 1.0)?, affine(Some(bias), n_aff, "bias", 0.0)?);
     for (i, v) in y.iter_mut().enumerate() {
         let ch = (i / inner.max(1)) % c;
-        let k = if per_channel { ch } else { ch / (c / groups) };
+        let k = if per_channel_affine { ch } else { ch / (c / groups) };
         *v = *v * s[k] + b[k];
     }
     make(x.dtype(), x.shape(), &y)
 }
 
+/// `x / ||x||_p` along `axis` (p = 1 or 2); a zero norm gives 0.
 fn lp_norm(x: &Tensor, axis: i64, p: i64) -> Result<Tensor> {
+    check_float("LpNormalization", x)?;
     if p != 1 && p != 2 {
         bail!("LpNormalization p must be 1 or 2, got {p}");
     }
@@ -200,52 +264,61 @@ fn lp_norm(x: &Tensor, axis: i64, p: i64) -> Result<Tensor> {
             } else {
                 (0..n).map(|j| v[at(j)] * v[at(j)]).sum::<f64>().sqrt()
             };
-            if norm > 0.0 {
-                for j in 0..n {
-                    v[at(j)] /= norm;
-                }
+            for j in 0..n {
+                v[at(j)] = if norm > 0.0 { v[at(j)] / norm } else { 0.0 };
             }
         }
     }
     make(x.dtype(), x.shape(), &v)
 }
 
+/// MeanVarianceNormalization: `(x - mean) / (sqrt(var) + 1e-9)` over `axes`
+/// (the epsilon and its placement follow the op's function body).
 fn mvn(x: &Tensor, axes: &[i64]) -> Result<Tensor> {
+    check_float("MeanVarianceNormalization", x)?;
     let r = x.rank();
     let ax: Vec<usize> = axes.iter().map(|&a| norm_axis(a, r)).collect::<Result<_>>()?;
-    let st = super::strides(x.shape());
+    let shape = x.shape();
+    // statistics live in X's shape with the reduced axes set to 1
+    let reduced: Vec<usize> = (0..r).map(|d| if ax.contains(&d) { 1 } else { shape[d] }).collect();
+    let groups: usize = reduced.iter().product();
+    let mut key = Vec::with_capacity(x.numel());
+    for_each_offset(&reduced, shape, |_, o| key.push(o));
     let v = x.to_f64_vec();
-    // group id of each element: its index with the reduced axes zeroed
-    let key =
-        |i: usize| -> usize { (0..r).filter(|d| !ax.contains(d)).map(|d| (i / st[d]) % x.shape()[d] * st[d]).sum() };
-    let mut sums: std::collections::HashMap<usize, (f64, f64, usize)> = std::collections::HashMap::new();
-    for (i, &val) in v.iter().enumerate() {
-        let e = sums.entry(key(i)).or_default();
-        e.0 += val;
-        e.1 += val * val;
-        e.2 += 1;
+    let mut count = vec![0usize; groups];
+    let (mut mean, mut var) = (vec![0f64; groups], vec![0f64; groups]);
+    for (&k, &val) in key.iter().zip(&v) {
+        mean[k] += val;
+        count[k] += 1;
     }
-    let y: Vec<f64> = v
+    for (m, &c) in mean.iter_mut().zip(&count) {
+        *m /= c.max(1) as f64;
+    }
+    for (&k, &val) in key.iter().zip(&v) {
+        var[k] += (val - mean[k]) * (val - mean[k]);
+    }
+    let y: Vec<f64> = key
         .iter()
-        .enumerate()
-        .map(|(i, &val)| {
-            let (s, sq, n) = sums[&key(i)];
-            let mean = s / n as f64;
-            let var = (sq / n as f64 - mean * mean).max(0.0);
-            (val - mean) / (var.sqrt() + 1e-9)
-        })
+        .zip(&v)
+        .map(|(&k, &val)| (val - mean[k]) / ((var[k] / count[k].max(1) as f64).sqrt() + 1e-9))
         .collect();
-    make(x.dtype(), x.shape(), &y)
+    make(x.dtype(), shape, &y)
 }
 
+/// LRN across channels: `x / (bias + alpha / size * sum of x^2 over the window)^beta`,
+/// the window running from `c - floor((size - 1) / 2)` to `c + ceil((size - 1) / 2)`.
 fn lrn(x: &Tensor, alpha: f32, beta: f32, bias: f32, size: usize) -> Result<Tensor> {
-    if x.rank() < 3 || size == 0 {
-        bail!("LRN needs [N, C, spatial...] and size >= 1");
+    check_float("LRN", x)?;
+    if x.rank() < 2 || size == 0 {
+        return Err(Error::Shape(format!(
+            "LRN needs X [N, C, ...] and size >= 1, got {:?} and size {size}",
+            x.shape()
+        )));
     }
     let c = x.shape()[1];
     let inner: usize = x.shape()[2..].iter().product();
     let v = x.to_f64_vec();
-    let (lo, hi) = ((size - 1) / 2, size.div_ceil(2) - 1);
+    let (lo, hi) = ((size - 1) / 2, size - 1 - (size - 1) / 2);
     let y: Vec<f64> = (0..v.len())
         .map(|i| {
             let ch = (i / inner) % c;
@@ -275,7 +348,6 @@ impl OpImpl for NormOp {
         let x = inputs.first().map(|i| i.fact.clone()).unwrap_or_else(Fact::unknown);
         let mut v = vec![x.clone()];
         if let NormOp::LayerNorm { axis, .. } = self {
-            let st = if x.dtype == Some(DType::F64) { DType::F64 } else { DType::F32 };
             let shape = match &x.shape {
                 Some(s) => {
                     let a = norm_axis(*axis, s.rank())?;
@@ -286,7 +358,7 @@ impl OpImpl for NormOp {
                 None => None,
             };
             for _ in 1..n {
-                v.push(Fact { dtype: Some(st), shape: shape.clone() });
+                v.push(Fact { dtype: Some(DType::F32), shape: shape.clone() });
             }
         }
         v.resize(n.max(1), Fact::unknown());
@@ -300,7 +372,9 @@ impl OpImpl for NormOp {
             NormOp::LayerNorm { axis, epsilon } => {
                 layer_norm(x, opt_input(inputs, 1), opt_input(inputs, 2), *axis, *epsilon, false, ctx.n_outputs)?
             }
-            NormOp::RmsNorm { axis, epsilon } => layer_norm(x, opt_input(inputs, 1), None, *axis, *epsilon, true, 1)?,
+            NormOp::RmsNorm { axis, epsilon } => {
+                layer_norm(x, Some(input(inputs, 1, "scale")?), None, *axis, *epsilon, true, 1)?
+            }
             NormOp::InstanceNorm { epsilon } => {
                 vec![instance_norm(x, input(inputs, 1, "scale")?, input(inputs, 2, "B")?, *epsilon)?]
             }
@@ -325,24 +399,93 @@ impl OpImpl for NormOp {
 mod tests {
     use super::*;
 
-    #[test]
-    fn layer_norm_of_a_row_has_zero_mean_unit_variance() {
-        let x = Tensor::from_slice(&[1, 4], &[1.0f32, 2.0, 3.0, 4.0]).unwrap();
-        let y = layer_norm(&x, None, None, -1, 0.0, false, 1).unwrap();
-        // (x - 2.5) / sqrt(1.25)
-        let want = [-1.341_640_8f32, -0.447_213_6, 0.447_213_6, 1.341_640_8];
-        for (a, b) in y[0].as_slice::<f32>().unwrap().iter().zip(want) {
-            assert!((a - b).abs() < 1e-6);
+    fn t(shape: &[usize], v: &[f32]) -> Tensor {
+        Tensor::from_slice(shape, v).unwrap()
+    }
+
+    fn close(got: &Tensor, want: &[f32]) {
+        let g = got.to_f64_vec();
+        assert_eq!(g.len(), want.len(), "{got:?}");
+        for (a, b) in g.iter().zip(want) {
+            assert!((a - *b as f64).abs() < 1e-5, "{got:?} vs {want:?}");
         }
     }
 
     #[test]
+    fn layer_norm_of_a_row_has_zero_mean_unit_variance() {
+        let x = t(&[1, 4], &[1.0, 2.0, 3.0, 4.0]);
+        let y = layer_norm(&x, None, None, -1, 0.0, false, 3).unwrap();
+        // (x - 2.5) / sqrt(1.25)
+        close(&y[0], &[-1.341_640_8, -0.447_213_6, 0.447_213_6, 1.341_640_8]);
+        // statistics are float32 and keep the rank, even for a double input
+        let y64 = layer_norm(&x.cast(DType::F64).unwrap(), None, None, -1, 0.0, false, 3).unwrap();
+        for s in [&y[1], &y64[1]] {
+            assert_eq!((s.dtype(), s.shape()), (DType::F32, &[1usize, 1][..]));
+        }
+        close(&y64[1], &[2.5]);
+        close(&y64[2], &[1.0 / 1.25f32.sqrt()]);
+    }
+
+    #[test]
+    fn layer_norm_scale_broadcasts_over_the_normalised_block() {
+        // normalised block [2, 2]; scale [2, 1] scales rows, bias [2] shifts columns
+        let x = t(&[1, 2, 2], &[0.0, 2.0, 4.0, 6.0]);
+        let (s, b) = (t(&[2, 1], &[1.0, 2.0]), t(&[2], &[0.0, 10.0]));
+        let y = layer_norm(&x, Some(&s), Some(&b), 1, 0.0, false, 1).unwrap();
+        // mean 3, std sqrt(5): z = [-3, -1, 1, 3] / sqrt(5)
+        let z = |v: f32| v / 5f32.sqrt();
+        close(&y[0], &[z(-3.0), z(-1.0) + 10.0, 2.0 * z(1.0), 2.0 * z(3.0) + 10.0]);
+        assert!(layer_norm(&x, Some(&t(&[3], &[1.0, 1.0, 1.0])), None, 1, 0.0, false, 1).is_err());
+    }
+
+    #[test]
+    fn rms_norm_divides_by_the_root_mean_square() {
+        // rms of [3, 4] = sqrt(12.5)
+        let y = layer_norm(&t(&[2], &[3.0, 4.0]), Some(&t(&[2], &[1.0, 2.0])), None, 0, 0.0, true, 1).unwrap();
+        let r = 12.5f32.sqrt();
+        close(&y[0], &[3.0 / r, 8.0 / r]);
+    }
+
+    #[test]
     fn batch_norm_applies_per_channel_statistics() {
-        let x = Tensor::from_slice(&[1, 2, 1], &[3.0f32, 3.0]).unwrap();
-        let t = |v: [f32; 2]| Tensor::from_slice(&[2], &v).unwrap();
-        let (s, b, m, v) = (t([1.0, 2.0]), t([0.0, 1.0]), t([1.0, 0.0]), t([4.0, 1.0]));
+        let x = t(&[1, 2, 1], &[3.0, 3.0]);
+        let c = |v: [f32; 2]| t(&[2], &v);
+        let (s, b, m, v) = (c([1.0, 2.0]), c([0.0, 1.0]), c([1.0, 0.0]), c([4.0, 1.0]));
         let y = batch_norm(&x, &[Some(&x), Some(&s), Some(&b), Some(&m), Some(&v)], 0.0).unwrap();
         // ch0: (3-1)/2*1+0 = 1; ch1: (3-0)/1*2+1 = 7
         assert_eq!(y.as_slice::<f32>().unwrap(), &[1.0, 7.0]);
+        let short = t(&[1], &[1.0]);
+        assert!(batch_norm(&x, &[Some(&x), Some(&short), Some(&b), Some(&m), Some(&v)], 0.0).is_err());
+    }
+
+    #[test]
+    fn group_norm_affine_is_per_group_in_opset_18_and_per_channel_in_21() {
+        // 2 channels in 1 group of [1, 3]: mean 2, var 1 -> [-1, 1]
+        let x = t(&[1, 2, 1], &[1.0, 3.0]);
+        let y = group_norm(&x, &t(&[1], &[2.0]), &t(&[1], &[0.5]), 1, 0.0, false).unwrap();
+        close(&y, &[-1.5, 2.5]);
+        let y = group_norm(&x, &t(&[2], &[2.0, 3.0]), &t(&[2], &[0.0, 1.0]), 1, 0.0, true).unwrap();
+        close(&y, &[-2.0, 4.0]);
+        assert!(group_norm(&x, &t(&[1], &[2.0]), &t(&[1], &[0.5]), 1, 0.0, true).is_err());
+    }
+
+    #[test]
+    fn lrn_window_of_even_size_reaches_further_up() {
+        // size 2: lo = 0, hi = 1 -> channel c sums c and c + 1
+        let x = t(&[1, 3, 1], &[1.0, 2.0, 3.0]);
+        let y = lrn(&x, 2.0, 1.0, 1.0, 2).unwrap();
+        // divisor 1 + (2 / 2) * sum: ch0 1 + 5, ch1 1 + 13, ch2 1 + 9
+        close(&y, &[1.0 / 6.0, 2.0 / 14.0, 3.0 / 10.0]);
+    }
+
+    #[test]
+    fn mvn_and_lp_norm() {
+        // MVN over axis 1 of [[1, 3], [2, 2]]: row 0 -> [-1, 1], row 1 has no spread -> 0
+        let y = mvn(&t(&[2, 2], &[1.0, 3.0, 2.0, 2.0]), &[1]).unwrap();
+        close(&y, &[-1.0, 1.0, 0.0, 0.0]);
+        let y = lp_norm(&t(&[2], &[-3.0, 1.0]), 0, 1).unwrap();
+        close(&y, &[-0.75, 0.25]);
+        let y = lp_norm(&t(&[2], &[3.0, 4.0]), -1, 2).unwrap();
+        close(&y, &[0.6, 0.8]);
     }
 }

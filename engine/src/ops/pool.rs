@@ -175,6 +175,9 @@ fn unpool_default(sp: &[usize], kernel: &[usize], pads: &[usize], strides: &[usi
         .collect()
 }
 
+/// MaxUnpool: `Y.flat[I[j]] = X[j]`, indices flat over the default-sized output
+/// (the shape MaxPool read). A larger `output_shape` holds that result in its
+/// leading corner, zero-padded at the end of each spatial dim (as the ONNX reference does).
 fn max_unpool(
     x: &Tensor,
     ind: &Tensor,
@@ -190,42 +193,45 @@ fn max_unpool(
             ind.shape()
         )));
     }
-    let shape: Vec<usize> = match out_shape {
-        Some(t) => {
-            let v = t.to_i64_vec()?;
-            if v.len() != xs.len() || v.iter().any(|&d| d < 0) || v[..2] != [xs[0] as i64, xs[1] as i64] {
-                return Err(Error::Shape(format!(
-                    "MaxUnpool output_shape {v:?} must be [{}, {}, spatial...]",
-                    xs[0], xs[1]
-                )));
-            }
-            v.into_iter().map(|d| d as usize).collect()
-        }
-        None => {
-            let mut s = xs[..2].to_vec();
-            s.extend(unpool_default(&xs[2..], kernel, pads, strides)?);
-            s
-        }
-    };
-    let mut out = Tensor::zeros(x.dtype(), &shape)?;
-    let total = out.numel();
+    let mut inferred = xs[..2].to_vec();
+    inferred.extend(unpool_default(&xs[2..], kernel, pads, strides)?);
+    let mut y = Tensor::zeros(x.dtype(), &inferred)?;
+    let total = y.numel();
     let targets = ind.to_i64_vec()?;
     if let Some(&bad) = targets.iter().find(|&&i| i < 0 || i as usize >= total) {
-        return Err(Error::Invalid(format!("MaxUnpool index {bad} is outside the output of shape {shape:?}")));
+        return Err(Error::Invalid(format!("MaxUnpool index {bad} is outside the unpooled shape {inferred:?}")));
     }
-    dispatch_numeric!(x.dtype(), T => {
-        let src = x.as_slice::<T>()?;
-        let dst = out.as_mut_slice::<T>()?;
-        for (&i, &v) in targets.iter().zip(src) {
-            dst[i as usize] = v;
+    let size = x.dtype().size();
+    {
+        let (src, dst) = (x.bytes(), y.bytes_mut());
+        for (j, &i) in targets.iter().enumerate() {
+            let i = i as usize;
+            dst[i * size..(i + 1) * size].copy_from_slice(&src[j * size..(j + 1) * size]);
         }
-    }, bool => {
-        let src = x.bytes().to_vec();
-        let dst = out.bytes_mut();
-        for (&i, &v) in targets.iter().zip(&src) {
-            dst[i as usize] = v;
-        }
-    });
+    }
+    let Some(t) = out_shape else { return Ok(y) };
+    let v = t.to_i64_vec()?;
+    let fits = v.len() == inferred.len()
+        && v.iter().zip(&inferred).enumerate().all(|(d, (&o, &i))| if d < 2 { o == i as i64 } else { o >= i as i64 });
+    if !fits {
+        return Err(Error::Shape(format!(
+            "MaxUnpool output_shape {v:?} must be [{}, {}, spatial...] with each spatial dim at least {:?}",
+            xs[0],
+            xs[1],
+            &inferred[2..]
+        )));
+    }
+    let shape: Vec<usize> = v.iter().map(|&d| d as usize).collect();
+    if shape == inferred {
+        return Ok(y);
+    }
+    let mut out = Tensor::zeros(x.dtype(), &shape)?;
+    let (ist, ost) = (super::strides(&inferred), super::strides(&shape));
+    let (src, dst) = (y.bytes(), out.bytes_mut());
+    for i in 0..total {
+        let o: usize = (0..shape.len()).map(|d| (i / ist[d]) % inferred[d] * ost[d]).sum();
+        dst[o * size..(o + 1) * size].copy_from_slice(&src[i * size..(i + 1) * size]);
+    }
     Ok(out)
 }
 
@@ -259,13 +265,13 @@ impl OpImpl for PoolOp {
                 None => None,
             },
             (PoolOp::MaxUnpool { kernel_shape, pads, strides }, Some(s)) if s.rank() >= 3 => {
+                // an omitted output_shape cannot be told from an unknown one, so the
+                // default size is only claimed when the node has two inputs
                 match (inputs.get(2).and_then(|i| i.value), fixed_spatial(s)) {
                     (Some(v), _) => {
                         Some(Shape(v.to_i64_vec()?.into_iter().map(|d| Dim::Fixed(d.max(0) as usize)).collect()))
                     }
-                    (None, Some(sp))
-                        if inputs.get(2).is_none_or(|i| i.fact.shape.is_none() && i.fact.dtype.is_none()) =>
-                    {
+                    (None, Some(sp)) if inputs.len() <= 2 => {
                         with_spatial(s, unpool_default(&sp, kernel_shape, pads, strides)?)
                     }
                     _ => None,
@@ -360,9 +366,12 @@ mod tests {
         let i = Tensor::from_slice(&[1, 1, 2], &[1i64, 3]).unwrap();
         let y = max_unpool(&x, &i, None, &[2], &[], &[2]).unwrap();
         assert_eq!(y.as_slice::<f32>().unwrap(), &[0.0, 5.0, 0.0, 4.0]);
+        // a larger output_shape pads the unpooled values at the end
         let shape = Tensor::from_slice(&[3], &[1i64, 1, 5]).unwrap();
         let y = max_unpool(&x, &i, Some(&shape), &[2], &[], &[2]).unwrap();
         assert_eq!(y.as_slice::<f32>().unwrap(), &[0.0, 5.0, 0.0, 4.0, 0.0]);
+        let small = Tensor::from_slice(&[3], &[1i64, 1, 3]).unwrap();
+        assert!(max_unpool(&x, &i, Some(&small), &[2], &[], &[2]).is_err());
         let far = Tensor::from_slice(&[1, 1, 2], &[1i64, 9]).unwrap();
         assert!(max_unpool(&x, &far, None, &[2], &[], &[2]).is_err());
     }

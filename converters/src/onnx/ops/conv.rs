@@ -1,10 +1,11 @@
-//! Conv, ConvTranspose, ConvInteger.
+//! Conv, ConvTranspose, ConvInteger (engine side: `floe_engine::ops::conv`).
 
 use crate::conv_invalid;
 use crate::onnx::registry::{ConvResult, NodeCtx, Registry};
 use floe_engine::ops::conv::{AutoPad, ConvAttrs, ConvOp};
 
-fn usizes(c: &NodeCtx, name: &str) -> ConvResult<Vec<usize>> {
+/// A non-negative ints attribute (empty when absent).
+pub fn usizes(c: &NodeCtx, name: &str) -> ConvResult<Vec<usize>> {
     let v = c.ints(name)?.unwrap_or_default();
     if v.iter().any(|&x| x < 0) {
         conv_invalid!("attribute '{name}' has a negative value: {v:?}");
