@@ -78,6 +78,15 @@ fn numbered(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     v.into_iter().map(|(_, p)| p).collect()
 }
 
+/// The inputs of every `test_data_set_*` of a case, in set order.
+pub fn case_inputs(dir: &Path) -> Result<Vec<Vec<Tensor>>, Outcome> {
+    let mut sets: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect())
+        .unwrap_or_default();
+    sets.sort();
+    sets.iter().map(|s| numbered(s, "input_").iter().map(|p| read_pb(p)).collect()).collect()
+}
+
 /// Compares one output; `Err` says where it differs.
 pub fn compare(name: &str, got: &Tensor, want: &Tensor, atol: f64) -> Result<(), String> {
     if got.dtype() != want.dtype() {

@@ -3,7 +3,7 @@
 //! the same converted graph run in memory; f16 and int8 files stay within stated
 //! tolerances of onnxruntime's outputs.
 
-use floe_convert::conformance::{list_cases, parse_expectations, run_case_with, Outcome};
+use floe_convert::conformance::{case_inputs, list_cases, parse_expectations, run_case_with, Outcome};
 use floe_convert::pipeline::optimize;
 use floe_engine::exec::Bindings;
 use floe_engine::format::{self, Model, ModelInfo, Quantization};
@@ -124,6 +124,22 @@ fn passing_conformance_cases_pass_after_the_file_round_trip() {
         checked += 1;
         if let Outcome::Failed(m) | Outcome::Unsupported(m) = run_case_with(&dir, &prepare) {
             failures.push(format!("{name}: {m}"));
+            continue;
+        }
+        // The file must not change a single bit of what the converted graph computes.
+        let imported = floe_convert::load(dir.join("model.onnx")).unwrap();
+        let converted = convert(&imported.graph, Quantization::None).unwrap();
+        let loaded = through_file(&converted, &format!("{name}.floe"), Quantization::None).unwrap();
+        for inputs in case_inputs(&dir).unwrap_or_default() {
+            let (mem, file) = (run(&converted, &inputs), run(&loaded, &inputs));
+            let same = mem.len() == file.len()
+                && mem
+                    .iter()
+                    .zip(&file)
+                    .all(|(a, b)| a.dtype() == b.dtype() && a.shape() == b.shape() && a.bytes() == b.bytes());
+            if !same {
+                failures.push(format!("{name}: outputs after the file differ from the in-memory graph"));
+            }
         }
     }
     println!("floe round trip: {checked} conformance cases checked, {} failed", failures.len());

@@ -80,7 +80,13 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
     }
     let symbols = parse_dims(&a.dims)?;
     let start = Instant::now();
-    let conv = convert(&a.model, &ConvertOptions { quantize, target: a.target.clone() })?;
+    // A spinner while importing and optimising (drawn only on a terminal).
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_message(format!("converting {}", a.model.display()));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let conv = convert(&a.model, &ConvertOptions { quantize, target: a.target.clone() });
+    spinner.finish_and_clear();
+    let conv = conv?;
     for p in &conv.passes {
         println!("pass {p}");
     }

@@ -104,27 +104,31 @@ impl Window {
         }
         let (mut pad_begin, mut pad_end, mut out) = (vec![0; n], vec![0; n], vec![0; n]);
         for i in 0..n {
-            let ext = dil[i] * (kernel[i] - 1) + 1;
+            // i128 and a bound on extents: absurd attributes are errors, not overflows
+            let (inp, s) = (input[i] as i128, stride[i] as i128);
+            let ext = bounded(dil[i] as i128 * (kernel[i] as i128 - 1) + 1, "window extent", i)?;
             match a.auto_pad {
                 AutoPad::SameUpper | AutoPad::SameLower => {
-                    out[i] = input[i].div_ceil(stride[i]);
-                    let total = ((out[i].max(1) - 1) * stride[i] + ext).saturating_sub(input[i]);
-                    pad_begin[i] = if a.auto_pad == AutoPad::SameUpper { total / 2 } else { total - total / 2 };
-                    pad_end[i] = total - pad_begin[i];
+                    let o = (inp + s - 1) / s;
+                    let total = ((o.max(1) - 1) * s + ext - inp).max(0);
+                    let begin = if a.auto_pad == AutoPad::SameUpper { total / 2 } else { total - total / 2 };
+                    pad_begin[i] = bounded(begin, "padding", i)? as usize;
+                    pad_end[i] = bounded(total - begin, "padding", i)? as usize;
+                    out[i] = o as usize;
                 }
                 AutoPad::Valid | AutoPad::NotSet => {
                     if explicit {
                         (pad_begin[i], pad_end[i]) = (a.pads[i], a.pads[i + n]);
                     }
-                    let span = (input[i] + pad_begin[i] + pad_end[i]) as i64;
-                    let (reach, s) = (span - ext as i64, stride[i] as i64);
+                    let span = bounded(inp + pad_begin[i] as i128 + pad_end[i] as i128, "padded input", i)?;
+                    let reach = span - ext;
                     let mut o = if ceil_mode {
-                        reach.div_euclid(s) + (reach.rem_euclid(s) != 0) as i64
+                        reach.div_euclid(s) + (reach.rem_euclid(s) != 0) as i128
                     } else {
                         reach.div_euclid(s)
                     } + 1;
                     // the last window must start inside the input or the begin padding
-                    if ceil_mode && o > 0 && (o - 1) * s >= (input[i] + pad_begin[i]) as i64 {
+                    if ceil_mode && o > 0 && (o - 1) * s >= inp + pad_begin[i] as i128 {
                         o -= 1;
                     }
                     if o <= 0 {
@@ -166,6 +170,17 @@ impl Window {
         }
         Ok(idx)
     }
+}
+
+/// Largest window extent, padded input or output size along one axis. Far above
+/// anything a tensor can hold, and small enough that index arithmetic never overflows.
+const MAX_EXTENT: i128 = 1 << 40;
+
+fn bounded(v: i128, what: &str, axis: usize) -> Result<i128> {
+    if v > MAX_EXTENT {
+        return Err(Error::Shape(format!("{what} {v} on spatial axis {axis} is too large")));
+    }
+    Ok(v)
 }
 
 /// Element count of a scratch buffer, refused when it would exceed the tensor limit.
@@ -348,26 +363,29 @@ fn transpose_window(
     let mut begin = vec![0i64; nd];
     let mut out = vec![0usize; nd];
     for i in 0..nd {
-        let full = (stride[i] * (x_sp[i] - 1) + opad[i] + (kernel[i] - 1) * dil[i] + 1) as i64;
+        let full = bounded(
+            stride[i] as i128 * (x_sp[i] as i128 - 1) + opad[i] as i128 + (kernel[i] as i128 - 1) * dil[i] as i128 + 1,
+            "full output",
+            i,
+        )?;
         if explicit {
-            let (pb, pe) = (a.pads[i] as i64, a.pads[i + nd] as i64);
-            let o = full - pb - pe;
+            let o = full - a.pads[i] as i128 - a.pads[i + nd] as i128;
             if o <= 0 {
                 return Err(Error::Shape(format!(
                     "ConvTranspose pads {:?} remove the whole output ({full} positions) on spatial axis {i}",
                     a.pads
                 )));
             }
-            (begin[i], out[i]) = (pb, o as usize);
+            (begin[i], out[i]) = (a.pads[i] as i64, o as usize);
         } else {
             let t = match (target, a.auto_pad) {
-                (Some(t), _) => t[i] as i64,
-                (None, AutoPad::SameUpper | AutoPad::SameLower) => (x_sp[i] * stride[i]) as i64,
+                (Some(t), _) => t[i] as i128,
+                (None, AutoPad::SameUpper | AutoPad::SameLower) => x_sp[i] as i128 * stride[i] as i128,
                 (None, _) => full,
             };
-            let total = full - t;
-            begin[i] = if a.auto_pad == AutoPad::SameUpper { total.div_euclid(2) } else { total - total.div_euclid(2) };
-            out[i] = t as usize;
+            let total = full - bounded(t, "output size", i)?;
+            let b = if a.auto_pad == AutoPad::SameUpper { total.div_euclid(2) } else { total - total.div_euclid(2) };
+            (begin[i], out[i]) = (b as i64, t as usize);
         }
     }
     Ok(TransposeWindow { stride, dil, begin, out })
@@ -705,6 +723,10 @@ mod tests {
         assert!(conv_transpose(&x0, &wt, None, &attrs(vec![], vec![]), &[], &[]).is_err());
         // full output 5 - 1 + 3 = 7 positions, pads remove 8
         assert!(conv_transpose(&x, &wt, None, &attrs(vec![4, 4], vec![]), &[], &[]).is_err());
+        let huge = ConvAttrs { dilations: vec![usize::MAX], ..attrs(vec![], vec![]) };
+        assert!(conv(&x, &w, None, &huge).is_err());
+        assert!(conv_transpose(&x, &wt, None, &huge, &[], &[]).is_err());
+        assert!(conv_transpose(&x, &wt, None, &attrs(vec![], vec![usize::MAX]), &[], &[]).is_err());
         let xi = Tensor::zeros(DType::I32, &[1, 3, 5]).unwrap();
         assert!(conv(&xi, &w, None, &attrs(vec![], vec![])).is_err());
     }

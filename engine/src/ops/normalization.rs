@@ -111,7 +111,7 @@ fn row_stats(row: impl Iterator<Item = f64> + Clone, n: usize, eps: f64, center:
 /// Normalises each of the contiguous blocks of `n` values: `(x - mean) / sqrt(var + eps)`
 /// (or without centring for RMS). Returns normalised values, means and 1/std.
 fn normalize_rows(x: &[f64], n: usize, eps: f64, center: bool) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let rows = if n == 0 { 0 } else { x.len() / n };
+    let rows = x.len().checked_div(n).unwrap_or(0);
     let mut out = vec![0.0; x.len()];
     let (mut means, mut invs) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
     for r in 0..rows {

@@ -56,85 +56,123 @@ fn pool(x: &Tensor, kind: PoolKind, a: &ConvAttrs, ceil_mode: bool, storage_orde
     if xs.len() < 3 {
         return Err(Error::Shape(format!("pooling needs X [N, C, spatial...], got {xs:?}")));
     }
-    if x.dtype() == DType::Bool {
-        return Err(Error::DType { expected: "a numeric type for pooling".into(), actual: x.dtype() });
-    }
-    let sp = &xs[2..];
-    let nd = sp.len();
-    let g = Window::new(sp, &a.kernel_shape, a, ceil_mode)?;
-    let k = &g.kernel;
-    let (nk, no, ns): (usize, usize, usize) = (k.iter().product(), g.out.iter().product(), sp.iter().product());
-    let (kst, ost, sst) = (strides(k), strides(&g.out), strides(sp));
-    // column-major flat index within a plane: strides of the reversed dims
-    let cst: Vec<usize> = {
-        let rev: Vec<usize> = sp.iter().rev().copied().collect();
-        let mut s = strides(&rev);
-        s.reverse();
-        s
-    };
-    // The taps of each output window (offset in the plane, column-major offset) and
-    // how many of its positions are input or padding, computed once for all planes.
-    let mut taps: Vec<(usize, usize)> = Vec::new();
-    let mut starts = vec![0usize; no + 1];
-    let mut padded = vec![0usize; no];
-    let mut pos = vec![0usize; nd];
-    for o in 0..no {
-        for kk in 0..nk {
-            let (mut inside, mut in_padded) = (true, true);
-            for d in 0..nd {
-                let p = ((o / ost[d]) % g.out[d] * g.stride[d] + (kk / kst[d]) % k[d] * g.dil[d]) as i64
-                    - g.pad_begin[d] as i64;
-                if p < 0 || p as usize >= sp[d] {
-                    inside = false;
-                    // in ceil mode the window may reach past the end padding
-                    in_padded &= p < (sp[d] + g.pad_end[d]) as i64;
-                } else {
-                    pos[d] = p as usize;
-                }
-            }
-            padded[o] += in_padded as usize;
-            if inside {
-                let dot = |s: &[usize]| pos.iter().zip(s).map(|(p, s)| p * s).sum::<usize>();
-                taps.push((dot(&sst), dot(&cst)));
-            }
-        }
-        starts[o + 1] = taps.len();
-    }
-    let planes = xs[0] * xs[1];
-    let v = x.to_f64_vec();
-    let mut vals = vec![0f64; planes * no];
-    let mut idx = vec![0i64; planes * no];
-    for pl in 0..planes {
-        let src = &v[pl * ns..(pl + 1) * ns];
-        for o in 0..no {
-            let window = &taps[starts[o]..starts[o + 1]];
-            let r = pl * no + o;
-            match kind {
-                PoolKind::Max => {
-                    let (mut best, mut at) = (f64::NEG_INFINITY, None);
-                    for &(off, cm) in window {
-                        if at.is_none() || src[off] > best {
-                            (best, at) = (src[off], Some(if storage_order == 1 { cm } else { off }));
-                        }
-                    }
-                    vals[r] = best;
-                    // Indices are flat over the whole input tensor (N, C, then the plane).
-                    idx[r] = (pl * ns + at.unwrap_or(0)) as i64;
-                }
-                PoolKind::Average { count_include_pad } => {
-                    let n = if count_include_pad { padded[o] } else { window.len() };
-                    vals[r] = window.iter().map(|&(off, _)| src[off]).sum::<f64>() / n.max(1) as f64;
-                }
-                PoolKind::Lp { p } => {
-                    let p = p as f64;
-                    vals[r] = window.iter().map(|&(off, _)| src[off].abs().powf(p)).sum::<f64>().powf(1.0 / p);
-                }
-            }
-        }
-    }
+    let g = Window::new(&xs[2..], &a.kernel_shape, a, ceil_mode)?;
     let mut shape = xs[..2].to_vec();
     shape.extend(&g.out);
-    Ok((from_f64(x.dtype(), &shape, &vals)?, Tensor::from_vec(&shape, idx)?))
+    let (values, idx) = dispatch_numeric!(x.dtype(), T => {
+        let (v, i) = pool_typed(x.as_slice::<T>()?, &xs[2..], &g, kind, storage_order);
+        (Tensor::from_vec(&shape, v)?, i)
+    }, bool => return Err(Error::DType { expected: "a numeric type for pooling".into(), actual: x.dtype() }));
+    let idx = if idx.is_empty() { Tensor::zeros(DType::I64, &shape)? } else { Tensor::from_vec(&shape, idx)? };
+    Ok((values, idx))
+}
+
+/// Upper bound on the window taps held at once (outputs are pooled in blocks).
+const MAX_TAPS: usize = 1 << 20;
+
+/// The windows of a block of outputs: the taps of block output `o` are
+/// `taps[starts[o]..starts[o + 1]]` as (plane offset, column-major plane offset);
+/// `padded[o]` counts the window positions that are input or padding.
+#[derive(Default)]
+struct Windows {
+    taps: Vec<(usize, usize)>,
+    starts: Vec<usize>,
+    padded: Vec<usize>,
+}
+
+impl Windows {
+    fn fill(&mut self, sp: &[usize], g: &Window, outs: std::ops::Range<usize>) {
+        let nd = sp.len();
+        let (k, nk) = (&g.kernel, g.kernel.iter().product::<usize>());
+        let (kst, ost, sst) = (strides(k), strides(&g.out), strides(sp));
+        // column-major flat index within a plane: strides of the reversed dims
+        let rev: Vec<usize> = sp.iter().rev().copied().collect();
+        let cst: Vec<usize> = strides(&rev).into_iter().rev().collect();
+        self.taps.clear();
+        self.starts.clear();
+        self.padded.clear();
+        self.starts.push(0);
+        let mut pos = vec![0usize; nd];
+        for o in outs {
+            let mut padded = 0;
+            for kk in 0..nk {
+                let (mut inside, mut in_padded) = (true, true);
+                for d in 0..nd {
+                    // Window::new keeps every start and extent within the padded input
+                    let p = ((o / ost[d]) % g.out[d] * g.stride[d] + (kk / kst[d]) % k[d] * g.dil[d]) as i64
+                        - g.pad_begin[d] as i64;
+                    if p < 0 || p as usize >= sp[d] {
+                        inside = false;
+                        // in ceil mode the window may reach past the end padding
+                        in_padded &= p < (sp[d] + g.pad_end[d]) as i64;
+                    } else {
+                        pos[d] = p as usize;
+                    }
+                }
+                padded += in_padded as usize;
+                if inside {
+                    let dot = |s: &[usize]| pos.iter().zip(s).map(|(p, s)| p * s).sum::<usize>();
+                    self.taps.push((dot(&sst), dot(&cst)));
+                }
+            }
+            self.padded.push(padded);
+            self.starts.push(self.taps.len());
+        }
+    }
+}
+
+/// Pools every plane of `x` in its own type: max compares elements (the first
+/// maximum wins), average and Lp accumulate in f64. Window taps are computed once
+/// per output for all planes, a block of outputs at a time.
+fn pool_typed<T: Element>(
+    x: &[T],
+    sp: &[usize],
+    g: &Window,
+    kind: PoolKind,
+    storage_order: usize,
+) -> (Vec<T>, Vec<i64>) {
+    let (ns, no, nk) =
+        (sp.iter().product::<usize>(), g.out.iter().product::<usize>(), g.kernel.iter().product::<usize>());
+    let planes = x.len().checked_div(ns).unwrap_or(0);
+    let mut vals = vec![T::zero(); planes * no];
+    let mut idx = vec![0i64; if kind == PoolKind::Max { planes * no } else { 0 }];
+    let block = (MAX_TAPS / nk.max(1)).max(1);
+    let mut w = Windows::default();
+    for o0 in (0..no).step_by(block) {
+        let o1 = (o0 + block).min(no);
+        w.fill(sp, g, o0..o1);
+        for pl in 0..planes {
+            let src = &x[pl * ns..(pl + 1) * ns];
+            for o in o0..o1 {
+                let window = &w.taps[w.starts[o - o0]..w.starts[o - o0 + 1]];
+                let r = pl * no + o;
+                vals[r] = match kind {
+                    PoolKind::Max => {
+                        let mut best: Option<(T, usize)> = None;
+                        for &(off, cm) in window {
+                            if best.is_none_or(|(b, _)| src[off] > b) {
+                                best = Some((src[off], if storage_order == 1 { cm } else { off }));
+                            }
+                        }
+                        let (v, at) = best.unwrap_or((T::from_f64(f64::NEG_INFINITY), 0));
+                        // Indices are flat over the whole input tensor (N, C, then the plane).
+                        idx[r] = (pl * ns + at) as i64;
+                        v
+                    }
+                    PoolKind::Average { count_include_pad } => {
+                        let n = if count_include_pad { w.padded[o - o0] } else { window.len() };
+                        T::from_f64(window.iter().map(|&(off, _)| src[off].to_f64()).sum::<f64>() / n.max(1) as f64)
+                    }
+                    PoolKind::Lp { p } => {
+                        let p = p as f64;
+                        let sum: f64 = window.iter().map(|&(off, _)| src[off].to_f64().abs().powf(p)).sum();
+                        T::from_f64(sum.powf(1.0 / p))
+                    }
+                };
+            }
+        }
+    }
+    (vals, idx)
 }
 
 fn global(x: &Tensor, op: &PoolOp) -> Result<Tensor> {
@@ -167,10 +205,12 @@ fn unpool_default(sp: &[usize], kernel: &[usize], pads: &[usize], strides: &[usi
     }
     (0..n)
         .map(|i| {
-            let full = sp[i].saturating_sub(1) * stride[i] + kernel[i];
-            full.checked_sub(pads[i] + pads[i + n]).ok_or_else(|| {
+            let full = sp[i].saturating_sub(1) as u128 * stride[i] as u128 + kernel[i] as u128;
+            let out = full.checked_sub(pads[i] as u128 + pads[i + n] as u128).ok_or_else(|| {
                 Error::Shape(format!("MaxUnpool pads {pads:?} are larger than the output ({full}) on spatial axis {i}"))
-            })
+            })?;
+            usize::try_from(out)
+                .map_err(|_| Error::Shape(format!("MaxUnpool output size {out} on spatial axis {i} is too large")))
         })
         .collect()
 }
@@ -377,12 +417,30 @@ mod tests {
     }
 
     #[test]
+    fn windows_larger_than_one_tap_block_pool_correctly() {
+        // 601 outputs x 2000 taps exceed MAX_TAPS, so outputs are pooled in blocks;
+        // over 0, 1, 2, ... the window at o holds o..o + 2000
+        let x: Vec<f32> = (0..2600).map(|v| v as f32).collect();
+        let x = Tensor::from_slice(&[1, 1, 2600], &x).unwrap();
+        let a = attrs(vec![2000], vec![], vec![]);
+        let (m, i) = pool(&x, PoolKind::Max, &a, false, 0).unwrap();
+        let (m, i) = (m.as_slice::<f32>().unwrap(), i.as_slice::<i64>().unwrap());
+        assert_eq!((m.len(), m[0], m[600], i[600]), (601, 1999.0, 2599.0, 2599));
+        let (avg, _) = pool(&x, PoolKind::Average { count_include_pad: false }, &a, false, 0).unwrap();
+        assert_eq!(avg.as_slice::<f32>().unwrap()[550], 550.0 + 999.5);
+    }
+
+    #[test]
     fn malformed_pooling_is_an_error() {
         let x = Tensor::zeros(DType::F32, &[1, 1, 5]).unwrap();
         assert!(pool(&x, PoolKind::Max, &attrs(vec![2, 2], vec![], vec![]), false, 0).is_err());
         assert!(pool(&x, PoolKind::Max, &attrs(vec![6], vec![], vec![]), false, 0).is_err());
         assert!(pool(&x, PoolKind::Max, &attrs(vec![2], vec![1], vec![]), false, 0).is_err());
         assert!(pool(&x, PoolKind::Max, &attrs(vec![0], vec![], vec![]), false, 0).is_err());
+        let huge = ConvAttrs { dilations: vec![usize::MAX], ..attrs(vec![3], vec![], vec![]) };
+        assert!(pool(&x, PoolKind::Max, &huge, false, 0).is_err());
+        assert!(pool(&x, PoolKind::Max, &attrs(vec![2], vec![usize::MAX, 1], vec![]), true, 0).is_err());
+        assert!(max_unpool(&x, &x.cast(DType::I64).unwrap(), None, &[2], &[], &[usize::MAX]).is_err());
         assert!(pool(&x.reshaped(&[5]).unwrap(), PoolKind::Max, &attrs(vec![2], vec![], vec![]), false, 0).is_err());
     }
 }
