@@ -6,5 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/prepare-conformance.sh
 cargo test --workspace --all-targets
-# Print the conformance counts (the same test, with its output shown).
-cargo test -p floe-convert --test conformance -- --nocapture 2>&1 | grep -E "^(conformance:|FAILED|test result)"
+# Print the conformance counts (the same test, with its output shown; --workspace
+# keeps the feature set of the build above, so nothing is rebuilt).
+cargo test --workspace --test conformance -- --nocapture 2>&1 | grep -E "^(conformance:|FAILED|test result)"
