@@ -98,3 +98,62 @@ mod tests {
         assert_eq!(o, [9.0, 18.0, 7.0, 16.0]);
     }
 }
+
+/// Unary activations with an f32 loop of their own (computed in f32; the engine
+/// falls back to an f64 definition for the rest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnaryKind {
+    Relu,
+    Sigmoid,
+    Tanh,
+    Exp,
+    Sqrt,
+    Neg,
+    Abs,
+    Erf,
+    /// `0.5 x (1 + erf(x / sqrt 2))`.
+    Gelu,
+}
+
+/// `out[i] = f(x[i])` for one of the [`UnaryKind`]s.
+pub fn unary_f32(kind: UnaryKind, x: &[f32], out: &mut [f32]) {
+    let it = out.iter_mut().zip(x);
+    match kind {
+        UnaryKind::Relu => it.for_each(|(o, &v)| *o = v.max(0.0)),
+        UnaryKind::Sigmoid => it.for_each(|(o, &v)| *o = 1.0 / (1.0 + (-v).exp())),
+        UnaryKind::Tanh => it.for_each(|(o, &v)| *o = v.tanh()),
+        UnaryKind::Exp => it.for_each(|(o, &v)| *o = v.exp()),
+        UnaryKind::Sqrt => it.for_each(|(o, &v)| *o = v.sqrt()),
+        UnaryKind::Neg => it.for_each(|(o, &v)| *o = -v),
+        UnaryKind::Abs => it.for_each(|(o, &v)| *o = v.abs()),
+        UnaryKind::Erf => it.for_each(|(o, &v)| *o = crate::math::erf_f32(v)),
+        UnaryKind::Gelu => {
+            it.for_each(|(o, &v)| *o = 0.5 * v * (1.0 + crate::math::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod unary_tests {
+    use super::*;
+
+    #[test]
+    fn f32_activations_match_f64_definitions() {
+        let x: Vec<f32> = (-40..=40).map(|i| i as f32 * 0.25).collect();
+        let mut out = vec![0.0; x.len()];
+        type Definition = (UnaryKind, fn(f64) -> f64);
+        let defs: [Definition; 4] = [
+            (UnaryKind::Sigmoid, |v| 1.0 / (1.0 + (-v).exp())),
+            (UnaryKind::Tanh, f64::tanh),
+            (UnaryKind::Erf, crate::math::erf_f64),
+            (UnaryKind::Gelu, |v| 0.5 * v * (1.0 + crate::math::erf_f64(v / std::f64::consts::SQRT_2))),
+        ];
+        for (kind, f) in defs {
+            unary_f32(kind, &x, &mut out);
+            for (&v, &o) in x.iter().zip(&out) {
+                let want = f(v as f64);
+                assert!((o as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()), "{kind:?}({v}) = {o}, want {want}");
+            }
+        }
+    }
+}

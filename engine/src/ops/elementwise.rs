@@ -324,8 +324,27 @@ impl UnaryOp {
         let op = *self;
         match dt {
             DType::F32 => {
-                let src = x.as_slice::<f32>()?.to_vec();
-                floe_kernels::elementwise::map_f32(&src, out.as_mut_slice::<f32>()?, |v| op.apply_f64(v as f64) as f32);
+                use floe_kernels::elementwise::{unary_f32, UnaryKind as K};
+                let fast = match op {
+                    Relu => Some(K::Relu),
+                    Sigmoid => Some(K::Sigmoid),
+                    Tanh => Some(K::Tanh),
+                    Exp => Some(K::Exp),
+                    Sqrt => Some(K::Sqrt),
+                    Neg => Some(K::Neg),
+                    Abs => Some(K::Abs),
+                    Erf => Some(K::Erf),
+                    Gelu { tanh_approx: false } => Some(K::Gelu),
+                    _ => None,
+                };
+                let mut o = Tensor::zeros(DType::F32, x.shape())?;
+                match fast {
+                    Some(k) => unary_f32(k, x.as_slice::<f32>()?, o.as_mut_slice::<f32>()?),
+                    None => floe_kernels::elementwise::map_f32(x.as_slice::<f32>()?, o.as_mut_slice::<f32>()?, |v| {
+                        op.apply_f64(v as f64) as f32
+                    }),
+                }
+                out = o;
             }
             _ => dispatch_numeric!(dt, T => {
                 for v in out.as_mut_slice::<T>()?.iter_mut() {
