@@ -20,11 +20,38 @@ pub enum Storage {
     Borrowed { source: Arc<dyn AsRef<[u8]> + Send + Sync>, offset: usize },
 }
 
+/// A shape stored inline up to rank 6 (so making a tensor or a view of one
+/// allocates nothing for its shape), on the heap beyond.
+#[derive(Clone)]
+enum Dims {
+    Inline { rank: u8, dims: [usize; 6] },
+    Heap(Vec<usize>),
+}
+
+impl Dims {
+    fn new(shape: &[usize]) -> Dims {
+        if shape.len() <= 6 {
+            let mut dims = [0; 6];
+            dims[..shape.len()].copy_from_slice(shape);
+            Dims::Inline { rank: shape.len() as u8, dims }
+        } else {
+            Dims::Heap(shape.to_vec())
+        }
+    }
+
+    fn as_slice(&self) -> &[usize] {
+        match self {
+            Dims::Inline { rank, dims } => &dims[..*rank as usize],
+            Dims::Heap(v) => v,
+        }
+    }
+}
+
 /// A dense, row-major tensor.
 #[derive(Clone)]
 pub struct Tensor {
     dtype: DType,
-    shape: Vec<usize>,
+    shape: Dims,
     storage: Storage,
     /// Length in bytes (= numel * dtype size).
     len: usize,
@@ -50,7 +77,7 @@ impl Tensor {
             .checked_mul(dtype.size())
             .filter(|&l| l <= MAX_TENSOR_BYTES)
             .ok_or_else(|| Error::Invalid(format!("tensor of shape {shape:?} and dtype {dtype} is too large")))?;
-        Ok(Tensor { dtype, shape: shape.to_vec(), storage: Storage::Owned(Arc::new(vec![0u64; len.div_ceil(8)])), len })
+        Ok(Tensor { dtype, shape: Dims::new(shape), storage: Storage::Owned(Arc::new(vec![0u64; len.div_ceil(8)])), len })
     }
 
     /// A tensor from typed values; `data.len()` must match the shape.
@@ -102,6 +129,24 @@ impl Tensor {
         Ok(t)
     }
 
+    /// A tensor of `dtype` x `shape` that reuses `old`'s heap buffer when it owns
+    /// one, no one else shares it and it holds at least the bytes needed; else a
+    /// new zeroed buffer of `capacity_bytes` (at least the bytes needed). Contents
+    /// are unspecified: the caller overwrites every element.
+    pub fn recycle(old: Option<Tensor>, dtype: DType, shape: &[usize], capacity_bytes: usize) -> Result<Tensor> {
+        let len = checked_numel(shape)?
+            .checked_mul(dtype.size())
+            .filter(|&l| l <= MAX_TENSOR_BYTES)
+            .ok_or_else(|| Error::Invalid(format!("tensor of shape {shape:?} and dtype {dtype} is too large")))?;
+        if let Some(Tensor { storage: Storage::Owned(mut words), .. }) = old {
+            if Arc::get_mut(&mut words).is_some_and(|w| w.len() * 8 >= len) {
+                return Ok(Tensor { dtype, shape: Dims::new(shape), storage: Storage::Owned(words), len });
+            }
+        }
+        let words = vec![0u64; len.max(capacity_bytes).div_ceil(8)];
+        Ok(Tensor { dtype, shape: Dims::new(shape), storage: Storage::Owned(Arc::new(words)), len })
+    }
+
     /// A tensor that borrows `len` bytes at `offset` of `source` without copying.
     /// Fails if the range is outside the source or does not match dtype x shape.
     pub fn borrowed(
@@ -120,7 +165,7 @@ impl Tensor {
                 offset.saturating_add(len)
             )));
         }
-        Ok(Tensor { dtype, shape: shape.to_vec(), storage: Storage::Borrowed { source, offset }, len })
+        Ok(Tensor { dtype, shape: Dims::new(shape), storage: Storage::Borrowed { source, offset }, len })
     }
 
     pub fn dtype(&self) -> DType {
@@ -128,11 +173,11 @@ impl Tensor {
     }
 
     pub fn shape(&self) -> &[usize] {
-        &self.shape
+        self.shape.as_slice()
     }
 
     pub fn rank(&self) -> usize {
-        self.shape.len()
+        self.shape().len()
     }
 
     pub fn numel(&self) -> usize {
@@ -196,12 +241,12 @@ impl Tensor {
         if checked_numel(shape)? != self.numel() {
             return Err(Error::Invalid(format!(
                 "cannot reshape {:?} ({} elements) to {shape:?}",
-                self.shape,
+                self.shape(),
                 self.numel()
             )));
         }
         let mut t = self.clone();
-        t.shape = shape.to_vec();
+        t.shape = Dims::new(shape);
         Ok(t)
     }
 
@@ -230,7 +275,7 @@ impl Tensor {
         if to == self.dtype {
             return Ok(self.clone());
         }
-        let mut out = Tensor::zeros(to, &self.shape)?;
+        let mut out = Tensor::zeros(to, self.shape())?;
         cast_into(self, &mut out)?;
         Ok(out)
     }
@@ -288,13 +333,13 @@ impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let vals = self.to_f64_vec();
         let shown: Vec<f64> = vals.iter().take(8).copied().collect();
-        write!(f, "Tensor({} {:?} {:?}{})", self.dtype, self.shape, shown, if vals.len() > 8 { " ..." } else { "" })
+        write!(f, "Tensor({} {:?} {:?}{})", self.dtype, self.shape(), shown, if vals.len() > 8 { " ..." } else { "" })
     }
 }
 
 impl PartialEq for Tensor {
     fn eq(&self, other: &Self) -> bool {
-        self.dtype == other.dtype && self.shape == other.shape && self.bytes() == other.bytes()
+        self.dtype == other.dtype && self.shape() == other.shape() && self.bytes() == other.bytes()
     }
 }
 

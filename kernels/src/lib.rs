@@ -8,4 +8,5 @@ pub mod arch;
 pub mod elementwise;
 pub mod gemm;
 pub mod math;
+pub mod parallel;
 pub mod softmax;

@@ -788,6 +788,11 @@ fn shape_of(f: &Fact) -> Option<&Shape> {
 }
 
 impl OpImpl for LayoutOp {
+    fn is_view(&self) -> bool {
+        use LayoutOp::*;
+        matches!(self, Reshape { .. } | Squeeze { .. } | Unsqueeze { .. } | Flatten { .. } | Identity | Dropout)
+    }
+
     fn name(&self) -> &'static str {
         use LayoutOp::*;
         match self {

@@ -56,6 +56,30 @@ pub trait OpImpl {
     fn subgraphs(&self) -> Vec<&Graph> {
         Vec::new()
     }
+    /// A kernel specialised for these inputs (concrete shapes; constant inputs
+    /// carry their values) that computes into preallocated outputs of the given
+    /// facts. `None` (the default) means the executor calls [`eval`](Self::eval).
+    fn kernel(&self, _inputs: &[InferInput<'_>], _outputs: &[Fact]) -> Result<Option<Box<dyn Kernel>>> {
+        Ok(None)
+    }
+    /// True if output 0 is input 0 under another shape (same bytes, no copy):
+    /// the executor lets them share one buffer.
+    fn is_view(&self) -> bool {
+        false
+    }
+}
+
+/// An op prepared for fixed shapes: packed weights, index tables and loop bounds
+/// are computed once at plan time, and `run` writes into output tensors the
+/// executor allocated (and reuses across runs) with the planned dtypes and shapes.
+/// `run` must overwrite every output element.
+pub trait Kernel: Send + Sync {
+    fn run(&self, inputs: &[Option<&Tensor>], outputs: &mut [Tensor]) -> Result<()>;
+}
+
+/// The concrete shape of an input at plan time, if known.
+pub fn fixed_shape(i: &InferInput<'_>) -> Option<Vec<usize>> {
+    i.fact.shape.as_ref().and_then(|s| s.as_fixed())
 }
 
 macro_rules! op_enum {
@@ -118,6 +142,14 @@ impl Op {
 
     pub fn subgraphs(&self) -> Vec<&Graph> {
         self.inner().subgraphs()
+    }
+
+    pub fn kernel(&self, inputs: &[InferInput<'_>], outputs: &[Fact]) -> Result<Option<Box<dyn Kernel>>> {
+        self.inner().kernel(inputs, outputs)
+    }
+
+    pub fn is_view(&self) -> bool {
+        self.inner().is_view()
     }
 }
 

@@ -1,28 +1,143 @@
 //! The blocked GEMM driver shared by every ISA (BLIS loop order): for each
 //! `NC`-wide block of columns and `KC`-deep slice of the inner dimension, B is
-//! packed into `NR`-wide panels; for each `MC`-tall block of rows, A is packed
-//! into `MR`-tall panels; the micro-kernel then computes each `MR x NR` tile and
-//! the driver adds it into C. Packing zero-pads ragged edges, so micro-kernels
-//! only ever see full tiles.
+//! packed into `NR`-wide panels (or taken pre-packed, see [`PackedB`]); for each
+//! `MC`-tall block of rows, A is packed into `MR`-tall panels; the micro-kernel
+//! then computes each `MR x NR` tile and the driver stores it into C, applying the
+//! epilogue on the last slice. Packing zero-pads ragged edges, so micro-kernels
+//! only ever see full tiles. Packing buffers are per thread and reused, so a call
+//! allocates nothing once a thread has seen its largest problem.
 
-use super::{MatRef, MicroKernel};
+use super::{CBlock, Epilogue, MatRef, MicroKernel};
+use std::cell::RefCell;
 
 /// Depth of a packed slice (the A panel `MR x KC` and B panel `KC x NR` stay in L1).
-const KC: usize = 256;
+pub(crate) const KC: usize = 256;
 /// Rows of A packed at once (an `MC x KC` block stays in L2).
 const MC: usize = 144;
 /// Columns of B packed at once.
 const NC: usize = 2048;
 
+thread_local! {
+    /// Packing buffers of this thread: (A panels, B panels, one output tile).
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
+/// B weights packed once for one micro-kernel: `KC`-deep slices, each split into
+/// `NR`-wide panels laid out `[p][j]`, zero-padded past column `n`.
+#[derive(Clone, Debug)]
+pub struct PackedB {
+    kernel: MicroKernel,
+    k: usize,
+    n: usize,
+    data: Vec<f32>,
+}
+
+impl PackedB {
+    /// Packs `b` (`k x n`, any strides) for `kernel`.
+    pub fn new(kernel: MicroKernel, b: MatRef<'_>) -> PackedB {
+        let (k, n, nr) = (b.rows, b.cols, kernel.nr);
+        let mut data = Vec::with_capacity(k * n.div_ceil(nr) * nr);
+        let mut block = Vec::new();
+        for p0 in (0..k).step_by(KC) {
+            pack_b(b, p0, KC.min(k - p0), 0, n, nr, &mut block);
+            data.extend_from_slice(&block);
+        }
+        PackedB { kernel, k, n, data }
+    }
+
+    pub fn kernel(&self) -> MicroKernel {
+        self.kernel
+    }
+
+    /// Rows (the inner dimension of the product).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Bytes held (for memory reports).
+    pub fn size_bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+
+    fn padded_n(&self) -> usize {
+        self.n.div_ceil(self.kernel.nr) * self.kernel.nr
+    }
+
+    /// The `kc x nr` panels of slice `p0` starting at panel `jp`.
+    fn panels(&self, p0: usize, kc: usize, jp: usize) -> &[f32] {
+        &self.data[p0 * self.padded_n() + jp * kc * self.kernel.nr..]
+    }
+
+    /// Element (p, j) of the original matrix (for the skinny path).
+    fn panel_row(&self, p: usize, jp: usize) -> &[f32] {
+        let nr = self.kernel.nr;
+        let (p0, kc) = ((p / KC) * KC, KC.min(self.k - (p / KC) * KC));
+        &self.panels(p0, kc, jp)[(p - p0) * nr..(p - p0 + 1) * nr]
+    }
+}
+
+/// Where B comes from for one call.
+#[derive(Clone, Copy, Debug)]
+pub enum BSource<'a> {
+    Mat(MatRef<'a>),
+    /// Pre-packed, starting at panel `.1` (a column block split off for a thread).
+    Packed(&'a PackedB, usize),
+}
+
+impl BSource<'_> {
+    /// Row `p`, columns `j0..j0 + len` (contiguous source rows only).
+    pub(crate) fn row(&self, p: usize, j0: usize, len: usize, out: &mut [f32]) {
+        match *self {
+            BSource::Mat(b) if b.col_stride == 1 => {
+                out[..len].copy_from_slice(&b.data[p * b.row_stride + j0..][..len]);
+            }
+            BSource::Mat(b) => out[..len].iter_mut().enumerate().for_each(|(j, o)| *o = b.at(p, j0 + j)),
+            BSource::Packed(pb, jp0) => {
+                let nr = pb.kernel.nr;
+                let mut j = 0;
+                while j < len {
+                    let col = j0 + j;
+                    let (panel, within) = (jp0 + col / nr, col % nr);
+                    let take = (nr - within).min(len - j);
+                    out[j..j + take].copy_from_slice(&pb.panel_row(p, panel)[within..within + take]);
+                    j += take;
+                }
+            }
+        }
+    }
+}
+
 /// Packs rows `i0..i0+mc`, depth `p0..p0+kc` of A into `MR`-tall panels,
 /// each laid out `[p][i]` (zero rows past the edge).
 fn pack_a(a: MatRef<'_>, i0: usize, mc: usize, p0: usize, kc: usize, mr: usize, out: &mut Vec<f32>) {
     out.clear();
-    for ir in (0..mc).step_by(mr) {
-        for p in 0..kc {
-            for i in 0..mr {
-                let row = ir + i;
-                out.push(if row < mc { a.at(i0 + row, p0 + p) } else { 0.0 });
+    out.resize(mc.div_ceil(mr) * mr * kc, 0.0);
+    for (panel, ir) in out.chunks_exact_mut(kc * mr).zip((0..mc).step_by(mr)) {
+        let h = mr.min(mc - ir);
+        if a.col_stride == 1 {
+            // Row-major A: read each row once, scatter it down the panel.
+            for i in 0..h {
+                let row = &a.data[(i0 + ir + i) * a.row_stride + p0..][..kc];
+                for (dst, &v) in panel[i..].iter_mut().step_by(mr).zip(row) {
+                    *dst = v;
+                }
+            }
+        } else if a.row_stride == 1 {
+            // A is a transposed view: each depth step's rows are contiguous.
+            for (p, dst) in panel.chunks_exact_mut(mr).enumerate() {
+                let start = (p0 + p) * a.col_stride + i0 + ir;
+                dst[..h].copy_from_slice(&a.data[start..start + h]);
+            }
+        } else {
+            for (p, dst) in panel.chunks_exact_mut(mr).enumerate() {
+                for (i, d) in dst[..h].iter_mut().enumerate() {
+                    *d = a.at(i0 + ir + i, p0 + p);
+                }
             }
         }
     }
@@ -46,46 +161,62 @@ fn pack_b(b: MatRef<'_>, p0: usize, kc: usize, j0: usize, nc: usize, nr: usize, 
     }
 }
 
-/// `c = alpha * a @ b + beta * c` (`c` row-major `m x n`, exactly `m * n` long).
-pub fn gemm(kernel: MicroKernel, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: &mut [f32]) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
+/// `c = epilogue(alpha * a @ b + beta * c)` on one block of C (`a.rows x b.cols`).
+pub(crate) fn gemm(
+    kernel: MicroKernel,
+    alpha: f32,
+    a: MatRef<'_>,
+    b: BSource<'_>,
+    beta: f32,
+    c: &mut CBlock<'_>,
+    epi: &Epilogue<'_>,
+) {
+    let (m, k, n) = (c.rows, a.cols, c.cols);
     let (mr, nr) = (kernel.mr, kernel.nr);
-    if beta == 0.0 {
-        c.fill(0.0);
-    } else if beta != 1.0 {
-        c.iter_mut().for_each(|v| *v *= beta);
-    }
+    c.scale(beta);
     if k == 0 {
+        c.finish_all(epi);
         return;
     }
-    let mc_max = MC / mr * mr;
-    let mut pa = Vec::with_capacity(mc_max.max(mr) * KC);
-    let mut pb = Vec::with_capacity(NC.div_ceil(nr) * nr * KC);
-    let mut tile = vec![0f32; mr * nr];
-    for j0 in (0..n).step_by(NC) {
-        let nc = NC.min(n - j0);
-        for p0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - p0);
-            pack_b(b, p0, kc, j0, nc, nr, &mut pb);
-            for i0 in (0..m).step_by(mc_max.max(mr)) {
-                let mc = mc_max.max(mr).min(m - i0);
-                pack_a(a, i0, mc, p0, kc, mr, &mut pa);
-                for (jp, jr) in (0..nc).step_by(nr).enumerate() {
-                    let bp = &pb[jp * kc * nr..(jp + 1) * kc * nr];
-                    let w = nr.min(nc - jr);
-                    for (ip, ir) in (0..mc).step_by(mr).enumerate() {
-                        let ap = &pa[ip * kc * mr..(ip + 1) * kc * mr];
-                        (kernel.run)(kc, ap, bp, &mut tile);
-                        let h = mr.min(mc - ir);
-                        for i in 0..h {
-                            let crow = &mut c[(i0 + ir + i) * n + j0 + jr..][..w];
-                            for (cv, tv) in crow.iter_mut().zip(&tile[i * nr..i * nr + w]) {
-                                *cv += alpha * tv;
+    SCRATCH.with_borrow_mut(|(pa, pb, tile)| {
+        tile.resize(mr * nr, 0.0);
+        let mcb = (MC / mr * mr).max(mr);
+        for j0 in (0..n).step_by(NC) {
+            let nc = NC.min(n - j0);
+            for p0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - p0);
+                let last = p0 + kc == k;
+                let panels: &[f32] = match b {
+                    BSource::Mat(bm) => {
+                        pack_b(bm, p0, kc, j0, nc, nr, pb);
+                        pb
+                    }
+                    BSource::Packed(packed, jp0) => packed.panels(p0, kc, jp0 + j0 / nr),
+                };
+                for i0 in (0..m).step_by(mcb) {
+                    let mc = mcb.min(m - i0);
+                    pack_a(a, i0, mc, p0, kc, mr, pa);
+                    for (jp, jr) in (0..nc).step_by(nr).enumerate() {
+                        let bp = &panels[jp * kc * nr..(jp + 1) * kc * nr];
+                        let w = nr.min(nc - jr);
+                        for (ip, ir) in (0..mc).step_by(mr).enumerate() {
+                            let ap = &pa[ip * kc * mr..(ip + 1) * kc * mr];
+                            (kernel.run)(kc, ap, bp, tile);
+                            for i in 0..mr.min(mc - ir) {
+                                let (row, ld) = (i0 + ir + i, c.ld);
+                                let crow = &mut c.row_mut(row)[j0 + jr..j0 + jr + w];
+                                let t = &mut tile[i * nr..i * nr + w];
+                                if last && !epi.is_none() {
+                                    t.iter_mut().zip(crow.iter()).for_each(|(t, &cv)| *t = alpha * *t + cv);
+                                    epi.finish(row, j0 + jr, ld, t, crow);
+                                } else {
+                                    crow.iter_mut().zip(t.iter()).for_each(|(cv, &tv)| *cv += alpha * tv);
+                                }
                             }
                         }
                     }
                 }
             }
         }
-    }
+    });
 }

@@ -1,17 +1,27 @@
-//! General matrix multiply, `c = alpha * a @ b + beta * c`, f32.
+//! General matrix multiply, `c = act(alpha * a @ b + beta * c + bias) + residual`, f32.
 //!
-//! One blocked driver ([`driver`]: pack A and B panels, cache blocking) and small
-//! per-ISA micro-kernels (`arch/*`) that compute an `MR x NR` tile from packed
-//! panels. The micro-kernel is chosen once per process ([`selected`]), from the
-//! best the CPU supports: AVX-512F, then AVX2+FMA, then NEON (aarch64), then the
-//! portable generic kernel. Skinny products (few rows, the streaming case) skip
-//! packing and stream rows of B ([`reference::sgemm_rows`]).
+//! One blocked driver ([`driver`]: pack A and B panels, cache blocking, B panels
+//! optionally packed once ahead of time as [`PackedB`]) and small per-ISA
+//! micro-kernels (`arch/*`) that compute an `MR x NR` tile from packed panels. The
+//! micro-kernel is chosen once per process ([`selected`]), from the best the CPU
+//! supports: AVX-512F, then AVX2+FMA, then NEON, then the portable generic kernel.
+//! Skinny products (few rows, the streaming case) skip packing (`skinny`). The
+//! bias, activation and residual of a layer are applied as each tile is stored
+//! ([`Epilogue`]). Inside a rayon pool the product is split into row or column
+//! blocks, one per thread; each block is computed exactly as it would be alone, so
+//! results do not depend on the thread count.
 
 mod driver;
+mod epilogue;
 pub mod reference;
+mod skinny;
 
+pub use driver::{BSource, PackedB};
+pub use epilogue::{Activation, Bias, Epilogue};
 pub use reference::MatRef;
 
+use crate::parallel;
+use std::marker::PhantomData;
 use std::sync::OnceLock;
 
 /// Computes one `mr x nr` tile: `out[i * nr + j] = sum_p a[p * mr + i] * b[p * nr + j]`
@@ -59,21 +69,149 @@ pub fn selected() -> MicroKernel {
 /// Rows at or below which a product streams B instead of packing it.
 pub const SKINNY_ROWS: usize = 4;
 
+/// Products smaller than this (`m * n * k`) run on one thread.
+const PARALLEL_MIN_WORK: usize = 1 << 16;
+
 /// `c = alpha * a @ b + beta * c` with `c` row-major `m x n` (contiguous), using
 /// the selected micro-kernel.
 pub fn sgemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: &mut [f32]) {
-    sgemm_with(selected(), alpha, a, b, beta, c)
+    sgemm_ex(selected(), alpha, a, BSource::Mat(b), beta, c, &Epilogue::NONE)
 }
 
 /// [`sgemm`] with an explicit micro-kernel (tests compare every ISA path).
 pub fn sgemm_with(kernel: MicroKernel, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: &mut [f32]) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(b.rows, k, "inner dimensions differ");
+    sgemm_ex(kernel, alpha, a, BSource::Mat(b), beta, c, &Epilogue::NONE)
+}
+
+/// `c = epilogue(alpha * a @ b + beta * c)` with B packed ahead of time (by its kernel).
+pub fn sgemm_packed(alpha: f32, a: MatRef<'_>, b: &PackedB, beta: f32, c: &mut [f32], epi: &Epilogue<'_>) {
+    sgemm_ex(b.kernel(), alpha, a, BSource::Packed(b, 0), beta, c, epi)
+}
+
+/// The general entry point: `c = epilogue(alpha * a @ b + beta * c)`, `c` row-major
+/// `m x n`. Panics if a slice is shorter than its shape claims (callers check shapes).
+pub fn sgemm_ex(
+    kernel: MicroKernel,
+    alpha: f32,
+    a: MatRef<'_>,
+    b: BSource<'_>,
+    beta: f32,
+    c: &mut [f32],
+    epi: &Epilogue<'_>,
+) {
+    let (k, n) = match b {
+        BSource::Mat(bm) => (bm.rows, bm.cols),
+        BSource::Packed(pb, jp0) => {
+            assert_eq!(jp0, 0, "a packed B is split by the driver only");
+            assert_eq!((pb.kernel().mr, pb.kernel().nr), (kernel.mr, kernel.nr), "B was packed for another kernel");
+            (pb.k(), pb.n())
+        }
+    };
+    let m = a.rows;
+    assert_eq!(a.cols, k, "inner dimensions differ");
     assert!(c.len() >= m * n, "output too small");
-    if m <= SKINNY_ROWS && b.col_stride == 1 || k == 0 || m * n * k < 4096 {
-        reference::sgemm(alpha, a, b, beta, c);
+    epi.check(m, n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let skinny = m <= SKINNY_ROWS || m * n * k < 4096;
+    let threads = if m * n * k >= PARALLEL_MIN_WORK { parallel::threads() } else { 1 };
+    // Rows split in whole micro-tiles; skinny products and short-and-wide ones split columns.
+    let split_rows = !skinny && m >= threads * kernel.mr * 2;
+    let parts = if split_rows { threads } else { threads.min(n.div_ceil(kernel.nr)) }.max(1);
+    let base = SyncPtr(c.as_mut_ptr());
+    let block = |i: usize| {
+        let (rows, cols) = if split_rows {
+            (parallel::split_range(m, parts, kernel.mr, i), 0..n)
+        } else {
+            (0..m, parallel::split_range(n, parts, kernel.nr, i))
+        };
+        if rows.is_empty() || cols.is_empty() {
+            return;
+        }
+        let a_sub = MatRef { data: &a.data[rows.start * a.row_stride..], rows: rows.len(), ..a };
+        let b_sub = match b {
+            BSource::Mat(bm) => BSource::Mat(MatRef { data: &bm.data[cols.start * bm.col_stride..], cols: cols.len(), ..bm }),
+            BSource::Packed(pb, _) => BSource::Packed(pb, cols.start / kernel.nr),
+        };
+        // SAFETY: `c` holds at least m * n floats (asserted above) and the blocks of
+        // one call are disjoint (`split_range` partitions rows or columns), so each
+        // block is the only writer of its elements while `c` is mutably borrowed.
+        let mut cb = unsafe { CBlock::new(base.get().add(rows.start * n + cols.start), rows.len(), cols.len(), n) };
+        let e = epi.offset(rows.start, cols.start, n);
+        if skinny {
+            skinny::gemm(alpha, a_sub, b_sub, beta, &mut cb, &e);
+        } else {
+            driver::gemm(kernel, alpha, a_sub, b_sub, beta, &mut cb, &e);
+        }
+    };
+    if parts == 1 {
+        block(0);
     } else {
-        driver::gemm(kernel, alpha, a, b, beta, &mut c[..m * n]);
+        parallel::for_each_index(parts, &block);
+    }
+}
+
+/// The output pointer shared by the blocks of one call (each writes only its own).
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: the pointer is only dereferenced through `CBlock`s of disjoint regions.
+unsafe impl Sync for SyncPtr {}
+unsafe impl Send for SyncPtr {}
+
+impl SyncPtr {
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// A `rows x cols` block of a row-major output with row stride `ld`.
+pub(crate) struct CBlock<'a> {
+    ptr: *mut f32,
+    pub rows: usize,
+    pub cols: usize,
+    pub ld: usize,
+    _output: PhantomData<&'a mut [f32]>,
+}
+
+impl CBlock<'_> {
+    /// # Safety
+    /// `ptr + i * ld + j` must be valid for writes for every `i < rows`, `j < cols`,
+    /// and no one else may access those elements while the block lives.
+    unsafe fn new(ptr: *mut f32, rows: usize, cols: usize, ld: usize) -> Self {
+        CBlock { ptr, rows, cols, ld, _output: PhantomData }
+    }
+
+    /// Row `i` of the block (`cols` long).
+    pub(crate) fn row_mut(&mut self, i: usize) -> &mut [f32] {
+        assert!(i < self.rows, "row {i} outside a block of {} rows", self.rows);
+        // SAFETY: i < rows, so the row lies inside the region `new` was promised.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * self.ld), self.cols) }
+    }
+
+    pub(crate) fn scale(&mut self, beta: f32) {
+        for i in 0..self.rows {
+            let r = self.row_mut(i);
+            if beta == 0.0 {
+                r.fill(0.0);
+            } else if beta != 1.0 {
+                r.iter_mut().for_each(|v| *v *= beta);
+            }
+        }
+    }
+
+    /// Applies the epilogue to the block as it stands (an empty inner dimension).
+    pub(crate) fn finish_all(&mut self, epi: &Epilogue<'_>) {
+        if epi.is_none() {
+            return;
+        }
+        let mut acc = vec![0f32; self.cols];
+        for i in 0..self.rows {
+            let ld = self.ld;
+            let row = self.row_mut(i);
+            acc.copy_from_slice(row);
+            epi.finish(i, 0, ld, &mut acc, row);
+        }
     }
 }
 
@@ -127,7 +265,7 @@ mod tests {
                 for (alpha, beta) in [(1.0f32, 0.0f32), (0.5, 1.0), (2.0, -0.5)] {
                     let init = values(m * n, 7);
                     let mut c = init.clone();
-                    driver::gemm(kernel, alpha, MatRef::new(&a, m, k), MatRef::new(&b, k, n), beta, &mut c);
+                    sgemm_with(kernel, alpha, MatRef::new(&a, m, k), MatRef::new(&b, k, n), beta, &mut c);
                     for i in 0..m * n {
                         let w = alpha as f64 * want[i] + beta as f64 * init[i] as f64;
                         assert!(
@@ -142,7 +280,7 @@ mod tests {
                 let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
                 let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
                 let mut c = vec![0.0; m * n];
-                driver::gemm(kernel, 1.0, MatRef::new(&at, k, m).t(), MatRef::new(&bt, n, k).t(), 0.0, &mut c);
+                sgemm_with(kernel, 1.0, MatRef::new(&at, k, m).t(), MatRef::new(&bt, n, k).t(), 0.0, &mut c);
                 for i in 0..m * n {
                     assert!(
                         (c[i] as f64 - want[i]).abs() <= 1e-4 * (1.0 + want[i].abs()),
@@ -158,5 +296,112 @@ mod tests {
     fn selected_kernel_is_the_first_available() {
         assert_eq!(selected().name, available()[0].name);
         assert_eq!(available().last().unwrap().name, "generic");
+    }
+
+    /// `act(a @ b + bias) + residual` in f64, the definition the epilogue fuses.
+    fn fused_reference(
+        a: &[f32],
+        b: &[f32],
+        (m, k, n): (usize, usize, usize),
+        bias: &[f32],
+        per_row: bool,
+        act: Activation,
+        residual: &[f32],
+    ) -> Vec<f64> {
+        let mut c = naive(a, b, m, k, n);
+        for i in 0..m {
+            for j in 0..n {
+                let mut v = c[i * n + j] + if per_row { bias[i] } else { bias[j] } as f64;
+                v = match act {
+                    Activation::None => v,
+                    Activation::Relu => v.max(0.0),
+                    Activation::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+                    Activation::Tanh => v.tanh(),
+                    Activation::Gelu => 0.5 * v * (1.0 + crate::math::erf_f64(v / std::f64::consts::SQRT_2)),
+                    Activation::Silu => v / (1.0 + (-v).exp()),
+                };
+                c[i * n + j] = v + residual[i * n + j] as f64;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn packed_b_and_fused_epilogues_match_the_unfused_definition_on_every_kernel() {
+        let shapes = [(1, 9, 5), (4, 300, 33), (7, 64, 64), (24, 64, 192), (13, 513, 47), (50, 20, 100)];
+        let acts = [
+            Activation::None,
+            Activation::Relu,
+            Activation::Gelu,
+            Activation::Silu,
+            Activation::Sigmoid,
+            Activation::Tanh,
+        ];
+        for kernel in available() {
+            for (si, &(m, k, n)) in shapes.iter().enumerate() {
+                let a = values(m * k, si as u64 + 3);
+                let b = values(k * n, si as u64 + 30);
+                let packed = PackedB::new(kernel, MatRef::new(&b, k, n));
+                for (ai, &act) in acts.iter().enumerate() {
+                    let per_row = ai % 2 == 1;
+                    let bias = values(if per_row { m } else { n }, 5);
+                    let residual = values(m * n, 6);
+                    let want = fused_reference(&a, &b, (m, k, n), &bias, per_row, act, &residual);
+                    let epi = Epilogue {
+                        bias: if per_row { Bias::Rows(&bias) } else { Bias::Cols(&bias) },
+                        activation: act,
+                        residual: Some(&residual),
+                    };
+                    for use_packed in [false, true] {
+                        let mut c = vec![f32::NAN; m * n];
+                        let bsrc = if use_packed { BSource::Packed(&packed, 0) } else { BSource::Mat(MatRef::new(&b, k, n)) };
+                        sgemm_ex(kernel, 1.0, MatRef::new(&a, m, k), bsrc, 0.0, &mut c, &epi);
+                        for i in 0..m * n {
+                            assert!(
+                                (c[i] as f64 - want[i]).abs() <= 2e-4 * (1.0 + want[i].abs()),
+                                "{} {m}x{k}x{n} {act:?} packed={use_packed} [{i}]: {} vs {}",
+                                kernel.name,
+                                c[i],
+                                want[i]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let pools: Vec<_> =
+            [2, 3].iter().map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("pool")).collect();
+        for &(m, k, n) in &[(1, 256, 1000), (3, 128, 77), (100, 70, 90), (257, 300, 129), (16, 512, 512)] {
+            let a = values(m * k, 1);
+            let b = values(k * n, 2);
+            let bias = values(n, 3);
+            let packed = PackedB::new(selected(), MatRef::new(&b, k, n));
+            let epi = Epilogue { bias: Bias::Cols(&bias), activation: Activation::Relu, residual: None };
+            let run = || {
+                let mut c1 = vec![0.0; m * n];
+                sgemm_ex(selected(), 1.0, MatRef::new(&a, m, k), BSource::Mat(MatRef::new(&b, k, n)), 0.0, &mut c1, &epi);
+                let mut c2 = vec![0.0; m * n];
+                sgemm_packed(1.0, MatRef::new(&a, m, k), &packed, 0.0, &mut c2, &epi);
+                (c1, c2)
+            };
+            let one = run();
+            assert_eq!(one.0, one.1, "{m}x{k}x{n}: packed and unpacked B differ");
+            for p in &pools {
+                assert_eq!(p.install(run), one, "{m}x{k}x{n} on {} threads", p.current_num_threads());
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_inner_dimension_still_applies_beta_and_the_epilogue() {
+        let mut c = vec![1.0f32, -2.0, 3.0, -4.0];
+        let bias = [0.5f32, 0.5];
+        let epi = Epilogue { bias: Bias::Cols(&bias), activation: Activation::Relu, residual: None };
+        sgemm_ex(selected(), 1.0, MatRef::new(&[], 2, 0), BSource::Mat(MatRef::new(&[], 0, 2)), 2.0, &mut c, &epi);
+        assert_eq!(c, vec![2.5, 0.0, 6.5, 0.0]);
     }
 }
