@@ -8,4 +8,6 @@ pub mod arch;
 pub mod elementwise;
 pub mod gemm;
 pub mod math;
+pub mod norm;
 pub mod softmax;
+pub mod vecmath;
