@@ -100,7 +100,8 @@ mod tests {
 }
 
 /// Unary activations with an f32 loop of their own (computed in f32; the engine
-/// falls back to an f64 definition for the rest).
+/// falls back to an f64 definition for the rest). Exp, Tanh, Erf, Sigmoid, Gelu,
+/// GeluTanh and Silu run on the vectorised [`crate::vecmath`] functions (accuracy documented there).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnaryKind {
     Relu,
@@ -113,23 +114,29 @@ pub enum UnaryKind {
     Erf,
     /// `0.5 x (1 + erf(x / sqrt 2))`.
     Gelu,
+    /// `0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))` (Gelu-20 `approximate = "tanh"`).
+    GeluTanh,
+    /// `x sigmoid(x)` (SiLU / swish).
+    Silu,
 }
 
-/// `out[i] = f(x[i])` for one of the [`UnaryKind`]s.
+/// `out[i] = f(x[i])` for one of the [`UnaryKind`]s, over the shorter of the two slices.
 pub fn unary_f32(kind: UnaryKind, x: &[f32], out: &mut [f32]) {
-    let it = out.iter_mut().zip(x);
+    use crate::vecmath::{self, Func};
+    let n = x.len().min(out.len());
+    let (x, out) = (&x[..n], &mut out[..n]);
     match kind {
-        UnaryKind::Relu => it.for_each(|(o, &v)| *o = v.max(0.0)),
-        UnaryKind::Sigmoid => it.for_each(|(o, &v)| *o = 1.0 / (1.0 + (-v).exp())),
-        UnaryKind::Tanh => it.for_each(|(o, &v)| *o = v.tanh()),
-        UnaryKind::Exp => it.for_each(|(o, &v)| *o = v.exp()),
-        UnaryKind::Sqrt => it.for_each(|(o, &v)| *o = v.sqrt()),
-        UnaryKind::Neg => it.for_each(|(o, &v)| *o = -v),
-        UnaryKind::Abs => it.for_each(|(o, &v)| *o = v.abs()),
-        UnaryKind::Erf => it.for_each(|(o, &v)| *o = crate::math::erf_f32(v)),
-        UnaryKind::Gelu => {
-            it.for_each(|(o, &v)| *o = 0.5 * v * (1.0 + crate::math::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2)))
-        }
+        UnaryKind::Relu => map_f32(x, out, |v| v.max(0.0)),
+        UnaryKind::Sqrt => map_f32(x, out, f32::sqrt),
+        UnaryKind::Neg => map_f32(x, out, |v| -v),
+        UnaryKind::Abs => map_f32(x, out, f32::abs),
+        UnaryKind::Sigmoid => vecmath::selected().map(Func::Sigmoid, x, out),
+        UnaryKind::Tanh => vecmath::selected().map(Func::Tanh, x, out),
+        UnaryKind::Exp => vecmath::selected().map(Func::Exp, x, out),
+        UnaryKind::Erf => vecmath::selected().map(Func::Erf, x, out),
+        UnaryKind::Gelu => vecmath::selected().map(Func::Gelu, x, out),
+        UnaryKind::GeluTanh => vecmath::selected().map(Func::GeluTanh, x, out),
+        UnaryKind::Silu => vecmath::selected().map(Func::Silu, x, out),
     }
 }
 

@@ -8,5 +8,7 @@ pub mod arch;
 pub mod elementwise;
 pub mod gemm;
 pub mod math;
+pub mod norm;
 pub mod parallel;
 pub mod softmax;
+pub mod vecmath;
