@@ -12,6 +12,7 @@ pub mod conv;
 pub mod detection;
 pub mod einsum;
 pub mod elementwise;
+pub mod fused;
 pub mod gather;
 pub mod layout;
 pub mod loss;

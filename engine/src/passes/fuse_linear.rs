@@ -16,7 +16,7 @@ pub fn fuse_linear(g: &mut Graph) -> usize {
         if let Some((add_idx, bias_id)) = match_at(g, i) {
             let add = g.nodes.remove(add_idx);
             let mm = &mut g.nodes[i];
-            mm.op = MatMulOp::Linear.into();
+            mm.op = MatMulOp::Linear { activation: Default::default() }.into();
             mm.inputs.push(Some(bias_id));
             mm.outputs = add.outputs;
             mm.name = format!("{}+{}", mm.name, add.name);

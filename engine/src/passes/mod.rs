@@ -3,6 +3,7 @@
 pub mod dead_nodes;
 pub mod fold_batch_norm;
 pub mod fold_constants;
+pub mod fuse_activation;
 pub mod fuse_gelu;
 pub mod fuse_layer_norm;
 pub mod fuse_linear;
@@ -13,6 +14,7 @@ pub mod util;
 pub use dead_nodes::remove_dead_nodes;
 pub use fold_batch_norm::fold_batch_norm;
 pub use fold_constants::{infer_and_fold, FoldOptions};
+pub use fuse_activation::fuse_activation;
 pub use fuse_gelu::fuse_gelu;
 pub use fuse_layer_norm::fuse_layer_norm;
 pub use fuse_linear::fuse_linear;

@@ -27,10 +27,7 @@ impl Activation {
             Activation::Sigmoid => unary_f32(UnaryKind::Sigmoid, x, out),
             Activation::Tanh => unary_f32(UnaryKind::Tanh, x, out),
             Activation::Gelu => unary_f32(UnaryKind::Gelu, x, out),
-            Activation::Silu => {
-                unary_f32(UnaryKind::Sigmoid, x, out);
-                out.iter_mut().zip(x).for_each(|(o, &v)| *o *= v);
-            }
+            Activation::Silu => unary_f32(UnaryKind::Silu, x, out),
         }
     }
 }

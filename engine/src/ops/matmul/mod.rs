@@ -2,7 +2,10 @@
 //! f32 products go through `floe_kernels::gemm::sgemm`; other dtypes use a plain
 //! loop accumulating in f64 (floats) or i64 (integers).
 
+mod kernel;
+
 use super::broadcast::broadcast_shapes;
+use super::fused::FusedActivation;
 use super::{input, opt_input, EvalCtx, InferInput, OpImpl};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
@@ -21,9 +24,13 @@ pub enum MatMulOp {
         trans_b: bool,
     },
     MatMulInteger,
-    /// `x @ w + bias` with `w` `[K, N]` and optional `bias` `[N]`: MatMul+Add fused
-    /// by `passes::fuse_linear`, one GEMM pass that starts from the bias.
-    Linear,
+    /// `act(x @ w + bias)` with `w` `[K, N]` and optional `bias` `[N]`: MatMul+Add
+    /// fused by `passes::fuse_linear` (and a following activation by
+    /// `passes::fuse_activation`), one GEMM pass with the bias and activation
+    /// applied as each tile is stored.
+    Linear {
+        activation: FusedActivation,
+    },
     /// Determinant of the last two (square) dims, by LU with partial pivoting.
     Det,
 }
@@ -274,7 +281,7 @@ impl OpImpl for MatMulOp {
             MatMulOp::MatMul => "MatMul",
             MatMulOp::Gemm { .. } => "Gemm",
             MatMulOp::MatMulInteger => "MatMulInteger",
-            MatMulOp::Linear => "Linear",
+            MatMulOp::Linear { .. } => "Linear",
             MatMulOp::Det => "Det",
         }
     }
@@ -300,7 +307,7 @@ impl OpImpl for MatMulOp {
                     _ => None,
                 },
             },
-            MatMulOp::Linear => Fact {
+            MatMulOp::Linear { .. } => Fact {
                 dtype: a.dtype,
                 shape: match (&a.shape, &b.shape) {
                     (Some(x), Some(w)) if x.rank() >= 1 && w.rank() == 2 => {
@@ -345,9 +352,13 @@ impl OpImpl for MatMulOp {
                 gemm(a, b, opt_input(inputs, 2), *alpha, *beta, *trans_a, *trans_b)?
             }
             MatMulOp::Det => unreachable!("handled above"),
-            MatMulOp::Linear => linear(a, b, opt_input(inputs, 2))?,
+            MatMulOp::Linear { activation } => activation.apply(linear(a, b, opt_input(inputs, 2))?)?,
             MatMulOp::MatMulInteger => matmul_integer(a, b, opt_input(inputs, 2), opt_input(inputs, 3))?,
         }])
+    }
+
+    fn kernel(&self, inputs: &[InferInput<'_>], _outputs: &[Fact]) -> Result<Option<Box<dyn super::Kernel>>> {
+        kernel::prepare(self, inputs)
     }
 }
 

@@ -19,7 +19,10 @@ use crate::error::{Error, Result};
 use crate::shape::{Dim, Fact, Shape};
 use crate::tensor::{checked_numel, Tensor, MAX_TENSOR_BYTES};
 use crate::{bail, dispatch_float};
+use super::fused::FusedActivation;
 use floe_kernels::gemm::{sgemm, MatRef};
+
+mod kernel;
 
 /// ONNX `auto_pad`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -45,6 +48,11 @@ pub struct ConvAttrs {
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum ConvOp {
     Conv(ConvAttrs),
+    /// Conv followed by an activation (fused by `passes::fuse_activation`).
+    ConvAct {
+        attrs: ConvAttrs,
+        activation: FusedActivation,
+    },
     /// `output_shape` holds the spatial dims (an `[N, C, spatial...]` value is
     /// accepted too, as onnxruntime does).
     ConvTranspose {
@@ -56,7 +64,7 @@ pub enum ConvOp {
 }
 
 /// Marks an im2col / col2im entry that falls into padding.
-const PAD: usize = usize::MAX;
+pub(crate) const PAD: usize = usize::MAX;
 
 /// Where a sliding window (a conv kernel or a pooling window) lands on the
 /// spatial dims of an input: output size and padding per spatial axis.
@@ -146,7 +154,7 @@ impl Window {
 
     /// For each kernel offset `k` and output position `o`, the flat offset into one
     /// input plane at `[k * no + o]`, or [`PAD`].
-    fn im2col_index(&self, x_sp: &[usize]) -> Result<Vec<usize>> {
+    pub(crate) fn im2col_index(&self, x_sp: &[usize]) -> Result<Vec<usize>> {
         let (nk, no) = (self.kernel.iter().product::<usize>(), self.out.iter().product::<usize>());
         let len = guarded_len(&[nk, no], 8)?;
         let (ks, os, xs) = (strides(&self.kernel), strides(&self.out), strides(x_sp));
@@ -532,7 +540,9 @@ fn infer_shape(op: &ConvOp, x: &Shape, w: &Shape) -> Result<Option<Shape>> {
         return Ok(None);
     }
     let (m, out) = match op {
-        ConvOp::Conv(a) | ConvOp::ConvInteger(a) => (ws[0], Window::new(&x_sp, &ws[2..], a, false)?.out),
+        ConvOp::Conv(a) | ConvOp::ConvAct { attrs: a, .. } | ConvOp::ConvInteger(a) => {
+            (ws[0], Window::new(&x_sp, &ws[2..], a, false)?.out)
+        }
         ConvOp::ConvTranspose { attrs, output_padding, output_shape } => {
             (ws[1] * attrs.group.max(1), transpose_window(&x_sp, &ws[2..], attrs, output_padding, output_shape)?.out)
         }
@@ -545,7 +555,7 @@ fn infer_shape(op: &ConvOp, x: &Shape, w: &Shape) -> Result<Option<Shape>> {
 impl OpImpl for ConvOp {
     fn name(&self) -> &'static str {
         match self {
-            ConvOp::Conv(_) => "Conv",
+            ConvOp::Conv(_) | ConvOp::ConvAct { .. } => "Conv",
             ConvOp::ConvTranspose { .. } => "ConvTranspose",
             ConvOp::ConvInteger(_) => "ConvInteger",
         }
@@ -567,11 +577,20 @@ impl OpImpl for ConvOp {
         let w = input(inputs, 1, "W")?;
         Ok(vec![match self {
             ConvOp::Conv(a) => conv(x, w, opt_input(inputs, 2), a)?,
+            ConvOp::ConvAct { attrs, activation } => activation.apply(conv(x, w, opt_input(inputs, 2), attrs)?)?,
             ConvOp::ConvTranspose { attrs, output_padding, output_shape } => {
                 conv_transpose(x, w, opt_input(inputs, 2), attrs, output_padding, output_shape)?
             }
             ConvOp::ConvInteger(a) => conv_integer(x, w, opt_input(inputs, 2), opt_input(inputs, 3), a)?,
         }])
+    }
+
+    fn kernel(&self, inputs: &[InferInput<'_>], _outputs: &[Fact]) -> Result<Option<Box<dyn super::Kernel>>> {
+        match self {
+            ConvOp::Conv(a) => kernel::prepare(a, FusedActivation::None, inputs),
+            ConvOp::ConvAct { attrs, activation } => kernel::prepare(attrs, *activation, inputs),
+            _ => Ok(None),
+        }
     }
 }
 

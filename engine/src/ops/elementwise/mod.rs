@@ -5,6 +5,8 @@
 //! Each unary op is defined once as a scalar function in f64; the f32 loop is run
 //! by `floe_kernels::elementwise` (the seam where vectorised versions drop in).
 
+mod kernel;
+
 use super::broadcast::{binary_offsets, broadcast_facts, broadcast_shapes};
 use super::{dtype_facts, input, opt_input, EvalCtx, InferInput, OpImpl};
 use crate::dtype::{DType, Element};
@@ -269,7 +271,7 @@ impl UnaryOp {
         }
     }
 
-    fn eval(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn eval(&self, x: &Tensor) -> Result<Tensor> {
         use UnaryOp::*;
         let dt = x.dtype();
         match self {
@@ -324,19 +326,8 @@ impl UnaryOp {
         let op = *self;
         match dt {
             DType::F32 => {
-                use floe_kernels::elementwise::{unary_f32, UnaryKind as K};
-                let fast = match op {
-                    Relu => Some(K::Relu),
-                    Sigmoid => Some(K::Sigmoid),
-                    Tanh => Some(K::Tanh),
-                    Exp => Some(K::Exp),
-                    Sqrt => Some(K::Sqrt),
-                    Neg => Some(K::Neg),
-                    Abs => Some(K::Abs),
-                    Erf => Some(K::Erf),
-                    Gelu { tanh_approx: false } => Some(K::Gelu),
-                    _ => None,
-                };
+                use floe_kernels::elementwise::unary_f32;
+                let fast = fast_unary(&op);
                 let mut o = Tensor::zeros(DType::F32, x.shape())?;
                 match fast {
                     Some(k) => unary_f32(k, x.as_slice::<f32>()?, o.as_mut_slice::<f32>()?),
@@ -354,6 +345,26 @@ impl UnaryOp {
         }
         Ok(out)
     }
+}
+
+/// The vectorised f32 kernel computing `op`, if there is one.
+fn fast_unary(op: &UnaryOp) -> Option<floe_kernels::elementwise::UnaryKind> {
+    use floe_kernels::elementwise::UnaryKind as K;
+    use UnaryOp::*;
+    Some(match op {
+        Relu => K::Relu,
+        Sigmoid => K::Sigmoid,
+        Tanh => K::Tanh,
+        Exp => K::Exp,
+        Sqrt => K::Sqrt,
+        Neg => K::Neg,
+        Abs => K::Abs,
+        Erf => K::Erf,
+        Gelu { tanh_approx: false } => K::Gelu,
+        Gelu { tanh_approx: true } => K::GeluTanh,
+        Swish { alpha } if *alpha == 1.0 => K::Silu,
+        _ => return None,
+    })
 }
 
 impl BinaryOp {
@@ -749,6 +760,14 @@ impl OpImpl for ElementwiseOp {
             }
         };
         Ok(vec![out])
+    }
+
+    fn kernel(&self, inputs: &[InferInput<'_>], _outputs: &[Fact]) -> Result<Option<Box<dyn super::Kernel>>> {
+        match self {
+            ElementwiseOp::Unary(u) => kernel::unary(u, inputs),
+            ElementwiseOp::Binary(b) => kernel::binary(b, inputs),
+            _ => Ok(None),
+        }
     }
 }
 
