@@ -1,11 +1,11 @@
-//! End-to-end latency of the differential-test models (examples/models) in floe
-//! and in tract-onnx, same process, same inputs (the committed reference inputs),
-//! single-threaded.
+//! End-to-end latency of the differential-test models (examples/models) in floe,
+//! tract-onnx and rten, same process, same inputs (the committed reference
+//! inputs), at 1 thread and at all physical cores.
 //!
 //!     cargo bench -p floe-engine --bench models
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use floe_engine::exec::Bindings;
+use floe_engine::exec::{physical_cores, Bindings, SessionOptions};
 use floe_engine::{npy, Plan, Session, Tensor};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -26,14 +26,14 @@ fn inputs(name: &str) -> Vec<Tensor> {
     files.iter().map(|p| npy::read(p).expect("npy")).collect()
 }
 
-fn floe_session(name: &str, ins: &[Tensor]) -> Session {
+fn floe_session(name: &str, ins: &[Tensor], threads: usize) -> Session {
     let mut m = floe_convert::load(models_dir().join(format!("{name}.onnx"))).expect("import");
     floe_convert::pipeline::optimize(&mut m.graph).expect("optimize");
     let mut b = Bindings::default();
     for (&id, t) in m.graph.inputs.iter().zip(ins) {
         b.shapes.insert(m.graph.values[id].name.clone(), t.shape().to_vec());
     }
-    Session::new(Arc::new(Plan::new(&m.graph, &b).expect("plan")))
+    Session::with_options(Arc::new(Plan::new(&m.graph, &b).expect("plan")), SessionOptions { threads })
 }
 
 type TractPlan = Arc<TypedRunnableModel>;
@@ -52,19 +52,68 @@ fn tract_plan(name: &str, ins: &[Tensor]) -> (TractPlan, TVec<TValue>) {
 }
 
 fn bench(c: &mut Criterion) {
-    let mut g = c.benchmark_group("models_1_thread");
-    g.sample_size(30);
-    for name in ["mlp", "keyword_cnn", "transformer_encoder", "gru", "lstm"] {
-        let ins = inputs(name);
-        let mut s = floe_session(name, &ins);
-        g.bench_function(format!("{name}/floe"), |b| b.iter(|| black_box(s.run(ins.clone()).expect("run"))));
-        let (plan, values) = tract_plan(name, &ins);
-        g.bench_function(format!("{name}/tract"), |b| {
-            b.iter(|| black_box(plan.run(values.clone()).expect("tract run")))
-        });
+    let all = physical_cores();
+    let mut counts = vec![1];
+    if all > 1 {
+        counts.push(all);
     }
-    g.finish();
+    for threads in counts {
+        let mut g = c.benchmark_group(format!("models_{threads}_thread"));
+        g.sample_size(30);
+        for name in ["mlp", "keyword_cnn", "transformer_encoder", "gru", "lstm"] {
+            let ins = inputs(name);
+            let mut s = floe_session(name, &ins, threads);
+            g.bench_function(format!("{name}/floe"), |b| {
+                b.iter(|| black_box(s.run_borrowed(&ins, |_, _| {}).expect("run").len()))
+            });
+            // tract runs on the calling thread (its default build has no thread pool).
+            let (plan, values) = tract_plan(name, &ins);
+            g.bench_function(format!("{name}/tract"), |b| {
+                b.iter(|| black_box(plan.run(values.clone()).expect("tract run")))
+            });
+            rten_baseline::bench(&mut g, name, &ins, threads);
+        }
+        g.finish();
+    }
 }
 
 criterion_group!(benches, bench);
 criterion_main!(benches);
+
+/// rten, loading the same ONNX file, with its own thread pool of `threads`.
+mod rten_baseline {
+    use super::{models_dir, Tensor};
+    use criterion::measurement::WallTime;
+    use criterion::BenchmarkGroup;
+    use std::hint::black_box;
+    use std::sync::Arc;
+
+    pub fn bench(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, ins: &[Tensor], threads: usize) {
+        let model = match rten::Model::load_file(models_dir().join(format!("{name}.onnx"))) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("rten cannot load {name}: {e}");
+                return;
+            }
+        };
+        let mut opts = rten::RunOptions::default();
+        opts.thread_pool = Some(Arc::new(rten::ThreadPool::with_num_threads(threads)));
+        let ids: Vec<rten::NodeId> = model.input_ids().to_vec();
+        let outs: Vec<rten::NodeId> = model.output_ids().to_vec();
+        let data: Vec<(Vec<usize>, Vec<f32>)> =
+            ins.iter().map(|t| (t.shape().to_vec(), t.as_slice::<f32>().expect("f32").to_vec())).collect();
+        let run = || {
+            let inputs: Vec<(rten::NodeId, rten::ValueOrView<'_>)> = ids
+                .iter()
+                .zip(&data)
+                .map(|(&id, (shape, v))| (id, rten_tensor::TensorView::from_data(shape.as_slice(), v.as_slice()).into()))
+                .collect();
+            model.run(inputs, &outs, Some(opts.clone()))
+        };
+        if let Err(e) = run() {
+            eprintln!("rten cannot run {name}: {e}");
+            return;
+        }
+        g.bench_function(format!("{name}/rten"), |b| b.iter(|| black_box(run().expect("rten run").len())));
+    }
+}

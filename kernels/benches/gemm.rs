@@ -48,6 +48,12 @@ fn run(c: &mut Criterion, group: &str, shapes: &[(usize, usize, usize)]) {
                 })
             });
         }
+        let packed = gemm::PackedB::new(gemm::selected(), MatRef::new(&b, k, n));
+        g.bench_with_input(BenchmarkId::new(format!("floe-packed-{}", packed.kernel().name), &label), &(), |bch, _| {
+            bch.iter(|| {
+                gemm::sgemm_packed(1.0, MatRef::new(&a, m, k), &packed, 0.0, black_box(&mut out), &gemm::Epilogue::NONE)
+            })
+        });
         g.bench_with_input(BenchmarkId::new("matrixmultiply", &label), &(), |bch, _| {
             bch.iter(|| unsafe {
                 // SAFETY: the pointers cover m*k, k*n and m*n floats with the strides given.
@@ -88,6 +94,8 @@ fn bench(c: &mut Criterion) {
         }
     }
     run(c, "gemm_skinny", &skinny);
+    // The layer sizes of the small speech models floe targets (24 frames, d = 64).
+    run(c, "gemm_small", &[(24, 64, 64), (24, 64, 192), (24, 128, 64), (32, 120, 49)]);
 }
 
 criterion_group!(benches, bench);

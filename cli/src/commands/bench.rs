@@ -5,6 +5,7 @@ use super::{load_model, parse_dims, random_tensor, Rng};
 use anyhow::{Context, Result};
 use clap::Args;
 use floe_engine::exec::Bindings;
+use floe_engine::exec::{physical_cores, SessionOptions};
 use floe_engine::{Plan, Session};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -28,6 +29,10 @@ pub struct BenchArgs {
     /// Only measure loading (repeated --runs times) and resident memory after it.
     #[arg(long)]
     load_only: bool,
+    /// Threads the kernels may use (default: one per physical core; 1 runs
+    /// everything on the calling thread).
+    #[arg(long)]
+    threads: Option<usize>,
     /// How many rows of the per-op table to print.
     #[arg(long, default_value_t = 15)]
     top: usize,
@@ -79,17 +84,23 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     println!("plan: {:.3} ms", ms(t.elapsed()));
     let mut rng = Rng::new(0);
     let inputs: Vec<_> = plan.inputs().map(|p| random_tensor(p.dtype, &p.shape, &mut rng)).collect::<Result<_>>()?;
-    let mut session = Session::new(plan.clone());
+    let threads = a.threads.unwrap_or_else(physical_cores).max(1);
+    let mut session = Session::with_options(plan.clone(), SessionOptions { threads });
+    let (kernels, nodes) = plan.kernel_coverage();
+    println!(
+        "threads: {}  prepared kernels: {kernels}/{nodes} nodes  planned buffers: {:.1} KB",
+        session.threads(),
+        plan.buffer_bytes() as f64 / 1e3
+    );
     for _ in 0..a.warmup {
-        session.run(inputs.clone())?;
+        session.run_borrowed(&inputs, |_, _| {})?;
     }
     let runs = a.runs.max(1);
     let mut times = Vec::with_capacity(runs);
     let mut per_node = vec![Duration::ZERO; plan.graph().nodes.len()];
     for _ in 0..runs {
-        let ins = inputs.clone();
         let t = Instant::now();
-        session.run_with(ins, |i, d| per_node[i] += d)?;
+        session.run_borrowed(&inputs, |i, d| per_node[i] += d)?;
         times.push(t.elapsed());
     }
     times.sort();

@@ -1,0 +1,94 @@
+//! `Session::run_borrowed` allocates nothing after the first run on the example
+//! models (every op on their path has a prepared kernel writing into planned
+//! buffers), and outputs agree at 1 and N threads.
+
+use floe_engine::exec::{Bindings, SessionOptions};
+use floe_engine::{npy, Plan, Session, Tensor};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Counts allocations made by the current thread.
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator unchanged; the counter is a
+// const-initialised thread-local Cell (no allocation, no reentrancy).
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/models")
+}
+
+fn load(name: &str) -> (Arc<Plan>, Vec<Tensor>) {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(models_dir().join(name))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().is_some_and(|f| f.to_string_lossy().starts_with("input_")))
+        .collect();
+    files.sort();
+    let ins: Vec<Tensor> = files.iter().map(|p| npy::read(p).unwrap()).collect();
+    let mut m = floe_convert::load(models_dir().join(format!("{name}.onnx"))).unwrap();
+    floe_convert::pipeline::optimize(&mut m.graph).unwrap();
+    let mut b = Bindings::default();
+    for (&id, t) in m.graph.inputs.iter().zip(&ins) {
+        b.shapes.insert(m.graph.values[id].name.clone(), t.shape().to_vec());
+    }
+    (Arc::new(Plan::new(&m.graph, &b).unwrap()), ins)
+}
+
+#[test]
+fn runs_after_the_first_allocate_nothing() {
+    for name in ["mlp", "keyword_cnn", "transformer_encoder"] {
+        let (plan, ins) = load(name);
+        let mut s = Session::with_options(plan, SessionOptions { threads: 1 });
+        for _ in 0..2 {
+            s.run_borrowed(&ins, |_, _| {}).unwrap();
+        }
+        let before = ALLOCS.with(Cell::get);
+        for _ in 0..5 {
+            s.run_borrowed(&ins, |_, _| {}).unwrap();
+        }
+        let n = ALLOCS.with(Cell::get) - before;
+        assert_eq!(n, 0, "{name}: {n} allocations in 5 runs after warm-up");
+    }
+}
+
+#[test]
+fn outputs_agree_at_one_and_several_threads() {
+    for name in ["mlp", "keyword_cnn", "transformer_encoder", "gru", "lstm"] {
+        let (plan, ins) = load(name);
+        let one = Session::with_options(plan.clone(), SessionOptions { threads: 1 }).run(ins.clone()).unwrap();
+        for threads in [2, 3] {
+            let many = Session::with_options(plan.clone(), SessionOptions { threads }).run(ins.clone()).unwrap();
+            for (a, b) in one.iter().zip(&many) {
+                let (a, b) = (a.as_slice::<f32>().unwrap(), b.as_slice::<f32>().unwrap());
+                for (x, y) in a.iter().zip(b) {
+                    assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-3), "{name} at {threads} threads: {x} vs {y}");
+                }
+            }
+        }
+    }
+}
