@@ -17,7 +17,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Convert an ONNX model to a .floe file: optimised graph, weights quantized
-    /// (--quantize f16|int8) and laid out for memory-mapped loading.
+    /// (--quantize f16|int8) and laid out for memory-mapped loading, recording the
+    /// board preset it is for (--target).
+    #[cfg(feature = "onnx")]
     Convert(commands::convert::ConvertArgs),
     /// Run a model once and print each output's name, shape and statistics
     /// (inputs from .npy files, or random with a fixed seed).
@@ -30,11 +32,17 @@ enum Command {
     Inspect(commands::inspect::InspectArgs),
     /// Run ONNX backend node tests (a directory of test_* case folders) and report
     /// passed / failed / unsupported.
+    #[cfg(feature = "onnx")]
     Conformance(commands::conformance::ConformanceArgs),
     /// List the supported ONNX ops and their opset ranges.
+    #[cfg(feature = "onnx")]
     Ops(commands::ops::OpsArgs),
     /// List the board presets (target triple, kernel family).
     Targets(commands::targets::TargetsArgs),
+    /// Commands of a full build (convert, conformance, ops) in a runtime-only one.
+    #[cfg(not(feature = "onnx"))]
+    #[command(external_subcommand)]
+    Other(Vec<String>),
 }
 
 fn main() -> ExitCode {
@@ -55,13 +63,18 @@ fn main() -> ExitCode {
     }));
     let cli = Cli::parse();
     let result = match cli.command {
+        #[cfg(feature = "onnx")]
         Command::Convert(a) => commands::convert::run(a),
         Command::Run(a) => commands::run::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
+        #[cfg(feature = "onnx")]
         Command::Conformance(a) => commands::conformance::run(a),
+        #[cfg(feature = "onnx")]
         Command::Ops(a) => commands::ops::run(a),
         Command::Targets(a) => commands::targets::run(a),
+        #[cfg(not(feature = "onnx"))]
+        Command::Other(args) => commands::without_onnx(&args[0]),
     };
     match result {
         Ok(code) => code,

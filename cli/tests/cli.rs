@@ -160,7 +160,8 @@ fn convert_then_run_gives_the_same_outputs_as_running_the_onnx() {
     let (x, y) = (floe_engine::npy::read(&a.join("y.npy")).unwrap(), floe_engine::npy::read(&b.join("y.npy")).unwrap());
     assert_eq!(x, y, "the .floe file and the ONNX model give different outputs");
     let t = text(&floe(&["inspect", floe_path.to_str().unwrap()]));
-    assert!(t.contains(".floe version 1") && t.contains("quantization: none") && t.contains("Plain"), "{t}");
+    let version = format!(".floe version {}", floe_engine::format::FORMAT_VERSION);
+    assert!(t.contains(&version) && t.contains("quantization: none") && t.contains("Plain"), "{t}");
 }
 
 #[test]
@@ -174,4 +175,81 @@ fn truncated_floe_file_is_a_clear_error() {
     let t = text(&o);
     assert!(!o.status.success() && t.contains("cut.floe") && t.contains("truncated"), "{t}");
     assert!(!t.contains("panicked at"), "{t}");
+}
+
+/// Runs the MLP with onnxruntime's reference input and checks `y` against
+/// onnxruntime's reference output; returns everything floe printed.
+fn run_mlp_against_onnxruntime(model: &Path, out: &str) -> String {
+    let out_dir = tmp(out);
+    let input = format!("x={}", repo("examples/models/mlp/input_0_x.npy"));
+    let o = floe(&["run", model.to_str().unwrap(), "--input", &input, "--output-dir", out_dir.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let got = floe_engine::npy::read(&out_dir.join("y.npy")).unwrap().to_f64_vec();
+    let want = floe_engine::npy::read(Path::new(&repo("examples/models/mlp/output_0_y.npy"))).unwrap().to_f64_vec();
+    assert_eq!(got.len(), want.len());
+    assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5), "{model:?}: outputs differ from onnxruntime");
+    t
+}
+
+#[test]
+fn convert_for_another_board_records_the_preset_and_runs_here_with_a_warning() {
+    // A preset for an architecture other than this machine's.
+    let board = if std::env::consts::ARCH == "aarch64" { "x86_64-avx2" } else { "rpi4-aarch64" };
+    let p = tmp(&format!("mlp-{board}.floe"));
+    let o = floe(&["convert", &repo("examples/models/mlp.onnx"), "-o", p.to_str().unwrap(), "--target", board]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&floe(&["inspect", p.to_str().unwrap()]));
+    let kernels = floe_targets::preset(board).unwrap().kernels.to_string();
+    assert!(t.contains(&format!("target:    {board}")) && t.contains(&format!("kernels:   {kernels}")), "{t}");
+    // Weights are stored plain, so this machine runs it with its own kernels: same
+    // answer as onnxruntime, and a warning naming both presets.
+    let t = run_mlp_against_onnxruntime(&p, "board-out");
+    let here = floe_targets::host_preset().name;
+    assert!(t.contains("warning:") && t.contains(board) && t.contains(here), "{t}");
+    assert!(t.contains(&format!("this CPU is {}", std::env::consts::ARCH)), "{t}");
+}
+
+#[test]
+fn file_needing_a_cpu_feature_this_machine_lacks_names_both_presets() {
+    // What an x86_64-avx512 file says on a machine without AVX-512: here with a
+    // feature no CPU has, written through the library as `floe convert` does.
+    let src = tmp("mlp-src.floe");
+    assert!(floe(&["convert", &repo("examples/models/mlp.onnx"), "-o", src.to_str().unwrap()]).status.success());
+    let m = floe_engine::format::Model::load(&src).unwrap();
+    let rec = floe_engine::format::TargetRecord {
+        preset: "future-board".into(),
+        kernels: "sve9".into(),
+        arch: std::env::consts::ARCH.into(),
+        cpu_features: vec!["sve9".into()],
+    };
+    let p = tmp("mlp-future.floe");
+    floe_engine::format::write_for_target(&p, &m.graph, &m.info, &rec, &mut |_, _| {}).unwrap();
+    let t = run_mlp_against_onnxruntime(&p, "future-out");
+    let here = floe_targets::host_preset().name;
+    assert!(t.contains("future-board") && t.contains("lacks sve9") && t.contains(here), "{t}");
+    let t = text(&floe(&["inspect", p.to_str().unwrap()]));
+    assert!(t.contains("kernels:   sve9") && t.contains("this CPU:  ") && t.contains("lacks sve9"), "{t}");
+}
+
+#[test]
+fn file_converted_for_this_machine_runs_without_a_warning() {
+    let here = floe_targets::host_preset().name;
+    let p = tmp("mlp-here.floe");
+    let o = floe(&["convert", &repo("examples/models/mlp.onnx"), "-o", p.to_str().unwrap(), "--target", here]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = run_mlp_against_onnxruntime(&p, "here-out");
+    assert!(!t.contains("warning"), "{t}");
+    let t = text(&floe(&["inspect", p.to_str().unwrap()]));
+    assert!(t.contains(&format!("this CPU:  runs its kernels ({here})")), "{t}");
+    // An unknown preset is refused before anything is written.
+    let o = floe(&[
+        "convert",
+        &repo("examples/models/mlp.onnx"),
+        "-o",
+        tmp("x.floe").to_str().unwrap(),
+        "--target",
+        "rpi9",
+    ]);
+    assert!(!o.status.success() && text(&o).contains("rpi9") && text(&o).contains("rpi4-aarch64"), "{}", text(&o));
 }

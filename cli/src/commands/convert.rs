@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use floe_convert::pipeline::{convert, ConvertOptions};
 use floe_engine::exec::Bindings;
-use floe_engine::format::{self, Model, Quantization};
+use floe_engine::format::{self, Model, Quantization, TargetRecord};
 use floe_engine::{Dim, Graph, Plan, Session, Tensor};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,7 +34,8 @@ pub struct ConvertArgs {
     /// How to store MatMul / Gemm / Conv weights.
     #[arg(long, value_enum, default_value = "none")]
     quantize: QuantArg,
-    /// Target preset (see `floe targets`).
+    /// Board preset the file is for (see `floe targets`): recorded in the file with
+    /// the CPU its kernels need, so `floe run` can check the machine it runs on.
     #[arg(long, value_name = "PRESET", default_value = "generic")]
     target: String,
     /// Values for symbolic dims in the accuracy check, e.g. --dim T=100
@@ -99,7 +100,14 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
             p.set_position(done);
         }
     };
-    let bytes = format::write(&out, &conv.graph, &conv.info, &mut progress)?;
+    let preset = floe_targets::preset(&a.target).map_err(anyhow::Error::msg)?;
+    let record = TargetRecord {
+        preset: preset.name.to_string(),
+        kernels: preset.kernels.to_string(),
+        arch: preset.arch.to_string(),
+        cpu_features: preset.features.iter().map(|f| f.to_string()).collect(),
+    };
+    let bytes = format::write_for_target(&out, &conv.graph, &conv.info, &record, &mut progress)?;
     if let Some(p) = pb {
         p.finish_and_clear();
     }

@@ -28,7 +28,19 @@ fn inspect_floe(a: &InspectArgs) -> Result<ExitCode> {
     println!("model:     {}", a.model.display());
     println!("format:    .floe version {} ({} bytes)", m.header.version, m.header.file_len);
     println!("producer:  {}  source: {}  opset {}", i.producer, i.source, i.opset);
-    println!("target:    {}  quantization: {}", i.target, i.quantization);
+    println!("target:    {}  quantization: {}", m.target.preset, i.quantization);
+    let t = &m.target;
+    if t.has_requirements() {
+        let cpu = if t.arch.is_empty() { "any CPU".to_string() } else { t.arch.clone() };
+        let features =
+            if t.cpu_features.is_empty() { String::new() } else { format!(" with {}", t.cpu_features.join(", ")) };
+        println!("kernels:   {} ({cpu}{features})", t.kernels);
+    }
+    match super::check_target(&m) {
+        Ok(None) => println!("this CPU:  runs its kernels ({})", floe_targets::host_preset().name),
+        Ok(Some(w)) => println!("this CPU:  {w}"),
+        Err(e) => println!("this CPU:  cannot run it: {e}"),
+    }
     print_io(&m.graph);
     let (n, b) = m.graph.parameter_stats();
     println!("parameters: {n} ({:.2} MB stored)", b as f64 / 1e6);
@@ -61,6 +73,18 @@ pub fn run(a: InspectArgs) -> Result<ExitCode> {
     if super::is_floe(&a.model) {
         return inspect_floe(&a);
     }
+    #[cfg(not(feature = "onnx"))]
+    {
+        // Without the importer only .floe files load: this reports a missing file
+        // or that ONNX needs a full build.
+        super::load_model(&a.model).and_then(|_| inspect_floe(&a))
+    }
+    #[cfg(feature = "onnx")]
+    inspect_onnx(&a)
+}
+
+#[cfg(feature = "onnx")]
+fn inspect_onnx(a: &InspectArgs) -> Result<ExitCode> {
     let s = floe_convert::onnx::summary::summarize(&a.model)?;
     println!("model:     {}", a.model.display());
     println!("ir:        {}  producer: {}", s.ir_version, if s.producer.is_empty() { "?" } else { &s.producer });

@@ -1,30 +1,99 @@
 //! One module per subcommand; shared helpers for loading models and inputs.
 
 pub mod bench;
+#[cfg(feature = "onnx")]
 pub mod conformance;
+#[cfg(feature = "onnx")]
 pub mod convert;
 pub mod inspect;
+#[cfg(feature = "onnx")]
 pub mod ops;
 pub mod run;
 pub mod targets;
 
 use anyhow::{bail, Context, Result};
+use floe_engine::format::TargetRecord;
 use floe_engine::{DType, Element, Tensor};
 use std::collections::HashMap;
 
 /// A model from either file kind.
 pub enum LoadedModel {
+    #[cfg(feature = "onnx")]
     Onnx(floe_convert::ImportedModel),
-    Floe(floe_engine::format::Model),
+    Floe(Box<floe_engine::format::Model>),
 }
 
 impl LoadedModel {
     pub fn graph(&self) -> &floe_engine::Graph {
         match self {
+            #[cfg(feature = "onnx")]
             LoadedModel::Onnx(m) => &m.graph,
             LoadedModel::Floe(m) => &m.graph,
         }
     }
+}
+
+/// What a runtime-only build (no `onnx` feature) says when asked for ONNX.
+#[cfg(not(feature = "onnx"))]
+const NO_ONNX: &str = "this floe was built without ONNX import (runtime only); convert the model with a full \
+     build: floe convert MODEL.onnx --target PRESET";
+
+/// A subcommand that needs the ONNX importer, asked of a runtime-only build.
+#[cfg(not(feature = "onnx"))]
+pub fn without_onnx(command: &str) -> Result<std::process::ExitCode> {
+    match command {
+        "convert" | "conformance" | "ops" => bail!("'floe {command}': {NO_ONNX}"),
+        _ => bail!("unknown command '{command}' (see floe --help)"),
+    }
+}
+
+/// The CPU requirements of the preset a `.floe` file was converted for: those the
+/// file records, else those of the preset of that name in this floe (version 1
+/// files, or files written without a record). `None` if neither says.
+fn requirements(rec: &TargetRecord) -> Option<(String, String, Vec<String>)> {
+    if rec.has_requirements() {
+        return Some((rec.kernels.clone(), rec.arch.clone(), rec.cpu_features.clone()));
+    }
+    let p = floe_targets::preset(&rec.preset).ok()?;
+    Some((p.kernels.to_string(), p.arch.to_string(), p.features.iter().map(|f| f.to_string()).collect()))
+}
+
+/// Checks a `.floe` file's preset against this CPU. `Ok(None)`: its kernels run
+/// here; `Ok(Some(warning))`: they do not, but every weight is stored in the
+/// portable plain layout, so floe runs it with this machine's kernels and the
+/// results are the same (the warning names both presets); `Err`: a packed layout
+/// this CPU cannot use (named both presets). See docs/cross-compiling.md.
+pub fn check_target(m: &floe_engine::format::Model) -> Result<Option<String>> {
+    let rec = &m.target;
+    let here = floe_targets::host_preset().name;
+    let Some((kernels, arch, features)) = requirements(rec) else {
+        return Ok(Some(format!(
+            "{} was converted for the preset '{}', which this floe does not know; running it with the kernels \
+             of this machine ({here})",
+            m.path.display(),
+            rec.preset
+        )));
+    };
+    let Err(why) = floe_targets::check_host(&arch, features.iter().map(String::as_str)) else {
+        return Ok(None);
+    };
+    let what = format!("{} was converted for {} ({kernels} kernels) but {why}", m.path.display(), rec.preset);
+    if m.tensors.iter().any(|t| t.layout != floe_engine::format::Layout::Plain) {
+        bail!("{what}: its weights are packed for that preset; convert the model again with --target {here}");
+    }
+    Ok(Some(format!(
+        "{what}; its weights are stored in the portable layout, so it runs with this machine's kernels \
+         ({here}) and gives the same results. Convert with --target {here} to match this machine."
+    )))
+}
+
+/// Loads a `.floe` file and warns (stderr) if it was converted for another preset.
+pub fn load_floe(path: &std::path::Path) -> Result<floe_engine::format::Model> {
+    let m = floe_engine::format::Model::load(path)?;
+    if let Some(w) = check_target(&m)? {
+        eprintln!("warning: {w}");
+    }
+    Ok(m)
 }
 
 /// True if the file starts with the `.floe` magic.
@@ -39,11 +108,20 @@ pub fn is_floe(path: &std::path::Path) -> bool {
 /// in memory with the same passes `floe convert` runs (so both give the same outputs).
 pub fn load_model(path: &std::path::Path) -> Result<LoadedModel> {
     if is_floe(path) {
-        Ok(LoadedModel::Floe(floe_engine::format::Model::load(path)?))
-    } else {
+        return Ok(LoadedModel::Floe(Box::new(load_floe(path)?)));
+    }
+    #[cfg(feature = "onnx")]
+    {
         let mut m = floe_convert::load(path)?;
         floe_convert::pipeline::optimize(&mut m.graph).with_context(|| format!("{}: optimising", path.display()))?;
         Ok(LoadedModel::Onnx(m))
+    }
+    #[cfg(not(feature = "onnx"))]
+    {
+        if !path.exists() {
+            bail!("{}: no such file", path.display());
+        }
+        bail!("{} is not a .floe file: {NO_ONNX}", path.display())
     }
 }
 

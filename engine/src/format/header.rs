@@ -3,7 +3,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `b"FLOE\x00\r\n\x1a"` |
-//! | 8 | 4 | format version (u32) |
+//! | 8 | 4 | format version (u32; 2 written, 1 and 2 read) |
 //! | 12 | 4 | flags (u32, 0) |
 //! | 16 | 8 | metadata offset |
 //! | 24 | 8 | metadata length |
@@ -15,8 +15,11 @@
 use crate::error::{Error, Result};
 
 pub const MAGIC: [u8; 8] = *b"FLOE\x00\r\n\x1a";
-/// The format version this floe writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this floe writes (and the newest it reads). Version 2 added
+/// the [`TargetRecord`](super::metadata::TargetRecord) to the metadata.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this floe still reads.
+pub const MIN_FORMAT_VERSION: u32 = 1;
 pub const HEADER_LEN: usize = 64;
 /// Alignment of the data section and of every tensor in it.
 pub const ALIGN: usize = 64;
@@ -77,9 +80,10 @@ impl Header {
         let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
         let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().expect("8 bytes"));
         let version = u32_at(8);
-        if version != FORMAT_VERSION {
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(bad(format!(
-                "format version {version} is not supported: this floe reads version {FORMAT_VERSION}{}",
+                "format version {version} is not supported: this floe reads version {FORMAT_VERSION} and \
+                 older (down to {MIN_FORMAT_VERSION}){}",
                 if version > FORMAT_VERSION { " (the file was written by a newer floe)" } else { "" }
             )));
         }

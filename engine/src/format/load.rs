@@ -2,7 +2,7 @@
 //! and tensors that borrow the mapped bytes in place (no parse of weights, no copy).
 
 use super::header::{fnv1a64, Header, ALIGN};
-use super::metadata::{Metadata, ModelInfo, TensorEntry};
+use super::metadata::{Metadata, ModelInfo, TargetRecord, TensorEntry};
 use super::table;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
@@ -15,6 +15,9 @@ use std::sync::Arc;
 pub struct Model {
     pub graph: Graph,
     pub info: ModelInfo,
+    /// The preset the file was converted for and what its kernels need (for a
+    /// version 1 file: the preset name only).
+    pub target: TargetRecord,
     pub header: Header,
     pub tensors: Vec<TensorEntry>,
     pub path: PathBuf,
@@ -48,8 +51,8 @@ impl Model {
         if fnv1a64(meta_bytes) != header.metadata_checksum {
             return Err(bad("metadata checksum mismatch (file corrupt)".into()));
         }
-        let meta: Metadata =
-            postcard::from_bytes(meta_bytes).map_err(|e| bad(format!("metadata does not decode: {e}")))?;
+        let meta = Metadata::decode(meta_bytes, header.version)
+            .map_err(|e| bad(format!("metadata (format version {}) does not decode: {e}", header.version)))?;
         let mut tensors = Vec::with_capacity(meta.tensors.len());
         for (i, e) in meta.tensors.iter().enumerate() {
             let shape: Vec<usize> = e
@@ -82,7 +85,14 @@ impl Model {
         let graph: Graph = table::resolve(tensors, || postcard::from_bytes(&meta.graph))
             .map_err(|e| bad(format!("graph does not decode: {e}")))?;
         validate_deep(&graph).map_err(|e| bad(format!("invalid graph: {e}")))?;
-        Ok(Model { graph, info: meta.info, header, tensors: meta.tensors, path: path.to_path_buf() })
+        Ok(Model {
+            graph,
+            info: meta.info,
+            target: meta.target,
+            header,
+            tensors: meta.tensors,
+            path: path.to_path_buf(),
+        })
     }
 }
 
@@ -95,4 +105,88 @@ fn validate_deep(g: &Graph) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::metadata::Quantization;
+    use crate::format::write::write_versioned;
+    use crate::format::FORMAT_VERSION;
+    use crate::ops::elementwise::{BinaryOp, ElementwiseOp};
+    use crate::{DType, Fact, Shape};
+
+    fn info(target: &str) -> ModelInfo {
+        ModelInfo {
+            producer: "test".into(),
+            source: "t.onnx".into(),
+            target: target.into(),
+            quantization: Quantization::None,
+            quantized: vec![],
+            opset: 17,
+        }
+    }
+
+    /// y = x + w with a 3-element weight.
+    fn graph() -> Graph {
+        let mut g = Graph::default();
+        let x = g.add_value("x", Fact::new(DType::F32, Shape::fixed(&[3])));
+        g.inputs = vec![x];
+        let w = g.add_const("w", Tensor::from_vec(&[3], vec![1.0f32, -2.0, 0.5]).unwrap());
+        let y = g.add_value("y", Fact::unknown());
+        g.add_node("add", ElementwiseOp::Binary(BinaryOp::Add).into(), vec![Some(x), Some(w)], vec![y]);
+        g.outputs = vec![y];
+        g
+    }
+
+    fn image(target: &TargetRecord, version: u32) -> Vec<u8> {
+        let mut v = Vec::new();
+        write_versioned(&mut v, &graph(), &info(&target.preset), target, version, &mut |_, _| {}).unwrap();
+        v
+    }
+
+    fn weight(m: &Model) -> Vec<f32> {
+        let w = m.graph.values.iter().find(|v| v.name == "w").unwrap().konst.as_ref().unwrap();
+        w.as_slice::<f32>().unwrap().to_vec()
+    }
+
+    #[test]
+    fn target_record_round_trips_in_the_current_version() {
+        let rec = TargetRecord {
+            preset: "rpi4-aarch64".into(),
+            kernels: "neon-aarch64".into(),
+            arch: "aarch64".into(),
+            cpu_features: vec!["neon".into()],
+        };
+        let m = Model::from_bytes(image(&rec, FORMAT_VERSION), "t.floe").unwrap();
+        assert_eq!(m.header.version, FORMAT_VERSION);
+        assert_eq!(m.target, rec);
+        assert_eq!(m.info.target, "rpi4-aarch64");
+        assert_eq!(weight(&m), [1.0, -2.0, 0.5]);
+    }
+
+    #[test]
+    fn version_1_files_still_load_with_the_preset_name_only() {
+        let rec = TargetRecord {
+            preset: "x86_64-avx2".into(),
+            kernels: "avx2+fma".into(),
+            arch: "x86_64".into(),
+            cpu_features: vec!["avx2".into(), "fma".into()],
+        };
+        let m = Model::from_bytes(image(&rec, 1), "old.floe").unwrap();
+        assert_eq!(m.header.version, 1);
+        // Version 1 had no record: only the name survives, with no requirements.
+        assert_eq!(m.target, TargetRecord::named("x86_64-avx2"));
+        assert!(!m.target.has_requirements());
+        assert_eq!(weight(&m), [1.0, -2.0, 0.5]);
+    }
+
+    #[test]
+    fn version_0_is_refused_with_the_versions_this_floe_reads() {
+        let mut bytes = image(&TargetRecord::named("generic"), FORMAT_VERSION);
+        bytes[8..12].copy_from_slice(&0u32.to_le_bytes());
+        let msg = Model::from_bytes(bytes, "zero.floe").err().expect("version 0 must not load").to_string();
+        assert!(msg.contains("format version 0 is not supported") && msg.contains("down to 1"), "{msg}");
+        assert!(!msg.contains("newer"), "{msg}");
+    }
 }

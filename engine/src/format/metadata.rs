@@ -70,11 +70,78 @@ pub struct ModelInfo {
     pub opset: i64,
 }
 
-/// The whole metadata section.
+/// The board preset a file was converted for, and what that preset's kernels need
+/// from the CPU. Recorded by `floe convert --target` (format version 2) so that a
+/// file carries its own requirements: a floe that does not know the preset (an
+/// older or newer build) can still tell whether this machine runs its kernels.
+///
+/// Weights are stored in the portable [`Layout::Plain`] today (the GEMM packs them
+/// for whichever micro-kernel runs, when a plan is made), so a file converted for
+/// one preset computes the same results on any CPU; `floe run` warns when this CPU
+/// does not meet the record. A packed layout that only one kernel family can read
+/// must make loading on another CPU an error naming both presets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetRecord {
+    /// Preset name (see `floe targets`), e.g. `rpi4-aarch64`.
+    pub preset: String,
+    /// Kernel family of the preset, e.g. `neon-aarch64` (empty: not recorded).
+    pub kernels: String,
+    /// `std::env::consts::ARCH` of machines that run those kernels (empty: any).
+    pub arch: String,
+    /// CPU features the kernels assume (std's detection names, e.g. `avx512f`).
+    pub cpu_features: Vec<String>,
+}
+
+impl TargetRecord {
+    /// A record naming only the preset (files written without preset data, and
+    /// version 1 files, which stored the name in [`ModelInfo::target`] only).
+    pub fn named(preset: &str) -> TargetRecord {
+        TargetRecord { preset: preset.to_string(), ..TargetRecord::default() }
+    }
+
+    /// True if the record says which CPU the kernels need.
+    pub fn has_requirements(&self) -> bool {
+        !self.kernels.is_empty() || !self.arch.is_empty() || !self.cpu_features.is_empty()
+    }
+}
+
+/// The whole metadata section (format version 2).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Metadata {
     pub info: ModelInfo,
+    pub target: TargetRecord,
     pub tensors: Vec<TensorEntry>,
     /// The graph, postcard-encoded, with tensors as indices into `tensors`.
     pub graph: Vec<u8>,
+}
+
+/// The metadata section of format version 1 (no [`TargetRecord`]); still read.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MetadataV1 {
+    pub info: ModelInfo,
+    pub tensors: Vec<TensorEntry>,
+    pub graph: Vec<u8>,
+}
+
+impl Metadata {
+    /// Decodes a metadata section written by format `version` (1 or 2).
+    pub fn decode(bytes: &[u8], version: u32) -> Result<Metadata, postcard::Error> {
+        if version == 1 {
+            let m: MetadataV1 = postcard::from_bytes(bytes)?;
+            let target = TargetRecord::named(&m.info.target);
+            Ok(Metadata { info: m.info, target, tensors: m.tensors, graph: m.graph })
+        } else {
+            postcard::from_bytes(bytes)
+        }
+    }
+
+    /// Encodes the section as format `version` (1 or 2) writes it.
+    pub fn encode(&self, version: u32) -> Result<Vec<u8>, postcard::Error> {
+        if version == 1 {
+            let m = MetadataV1 { info: self.info.clone(), tensors: self.tensors.clone(), graph: self.graph.clone() };
+            postcard::to_allocvec(&m)
+        } else {
+            postcard::to_allocvec(self)
+        }
+    }
 }

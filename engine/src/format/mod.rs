@@ -10,7 +10,7 @@ pub mod metadata;
 pub mod table;
 pub mod write;
 
-pub use header::FORMAT_VERSION;
+pub use header::{FORMAT_VERSION, MIN_FORMAT_VERSION};
 pub use load::Model;
-pub use metadata::{Layout, ModelInfo, Quantization, QuantizedTensor, TensorEntry};
-pub use write::{to_bytes, write};
+pub use metadata::{Layout, ModelInfo, Quantization, QuantizedTensor, TargetRecord, TensorEntry};
+pub use write::{to_bytes, write, write_for_target, write_to, write_to_for_target};

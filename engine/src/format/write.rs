@@ -1,7 +1,7 @@
 //! Writing a `.floe` file.
 
 use super::header::{fnv1a64, Header, ALIGN, FORMAT_VERSION, HEADER_LEN};
-use super::metadata::{Layout, Metadata, ModelInfo, TensorEntry};
+use super::metadata::{Layout, Metadata, ModelInfo, TargetRecord, TensorEntry};
 use super::table;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
@@ -26,12 +26,37 @@ fn value_names(g: &Graph, out: &mut Vec<(usize, String)>) {
     }
 }
 
-/// Serialises `graph` and its tensors into file bytes, streamed to `w`.
+/// Serialises `graph` and its tensors into file bytes, streamed to `w`, recording
+/// only the preset name of `info.target` (see [`write_to_for_target`]).
 /// `progress(done, total)` is called as tensor bytes are written.
 pub fn write_to(
     w: &mut impl Write,
     graph: &Graph,
     info: &ModelInfo,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u64> {
+    write_versioned(w, graph, info, &TargetRecord::named(&info.target), FORMAT_VERSION, progress)
+}
+
+/// [`write_to`] with the full record of the preset the file is for (what
+/// `floe convert --target` writes, so a floe can check the CPU it runs on).
+pub fn write_to_for_target(
+    w: &mut impl Write,
+    graph: &Graph,
+    info: &ModelInfo,
+    target: &TargetRecord,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u64> {
+    write_versioned(w, graph, info, target, FORMAT_VERSION, progress)
+}
+
+/// Writes format `version` (tests write version 1 to check old files still load).
+pub(crate) fn write_versioned(
+    w: &mut impl Write,
+    graph: &Graph,
+    info: &ModelInfo,
+    target: &TargetRecord,
+    version: u32,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64> {
     let (graph_bytes, tensors) = table::collect(|| postcard::to_allocvec(graph));
@@ -56,12 +81,11 @@ pub fn write_to(
         offset = align_up(offset + len);
     }
     let data_len = offset;
-    let meta = Metadata { info: info.clone(), tensors: entries, graph: graph_bytes };
-    let meta_bytes =
-        postcard::to_allocvec(&meta).map_err(|e| Error::Invalid(format!("cannot encode metadata: {e}")))?;
+    let meta = Metadata { info: info.clone(), target: target.clone(), tensors: entries, graph: graph_bytes };
+    let meta_bytes = meta.encode(version).map_err(|e| Error::Invalid(format!("cannot encode metadata: {e}")))?;
     let data_offset = align_up(HEADER_LEN as u64 + meta_bytes.len() as u64);
     let header = Header {
-        version: FORMAT_VERSION,
+        version,
         flags: 0,
         metadata_offset: HEADER_LEN as u64,
         metadata_len: meta_bytes.len() as u64,
@@ -87,13 +111,25 @@ pub fn write_to(
     Ok(header.file_len)
 }
 
-/// Writes `graph` to a `.floe` file at `path` (via a temporary file renamed into place).
+/// Writes `graph` to a `.floe` file at `path` (via a temporary file renamed into
+/// place), recording only the preset name of `info.target`.
 pub fn write(path: &Path, graph: &Graph, info: &ModelInfo, progress: &mut dyn FnMut(u64, u64)) -> Result<u64> {
+    write_for_target(path, graph, info, &TargetRecord::named(&info.target), progress)
+}
+
+/// [`write`] with the full record of the preset the file is for.
+pub fn write_for_target(
+    path: &Path,
+    graph: &Graph,
+    info: &ModelInfo,
+    target: &TargetRecord,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u64> {
     let tmp = path.with_extension("floe.tmp");
     let io = |e: std::io::Error| Error::Invalid(format!("{}: {e}", path.display()));
     let f = std::fs::File::create(&tmp).map_err(io)?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-    let n = write_to(&mut w, graph, info, progress)?;
+    let n = write_to_for_target(&mut w, graph, info, target, progress)?;
     w.flush().map_err(io)?;
     drop(w);
     std::fs::rename(&tmp, path).map_err(io)?;

@@ -56,6 +56,10 @@ pub fn available() -> Vec<MicroKernel> {
             v.push(crate::arch::aarch64::NEON);
         }
     }
+    // armv7 builds with `--cfg floe_neon` also pass `+neon`, so the whole binary
+    // assumes NEON and there is nothing to detect at run time.
+    #[cfg(all(target_arch = "arm", floe_neon))]
+    v.push(crate::arch::arm::NEON_V7);
     v.push(crate::arch::generic::GENERIC);
     v
 }
