@@ -11,4 +11,5 @@ pub mod math;
 pub mod norm;
 pub mod parallel;
 pub mod softmax;
+pub mod transpose;
 pub mod vecmath;

@@ -6,7 +6,7 @@
 //! These are dtype-agnostic: they move elements as fixed-size byte groups.
 
 use super::broadcast::{broadcast_shapes, for_each_offset};
-use super::{input, norm_axis, opt_input, strides, EvalCtx, InferInput, OpImpl};
+use super::{fixed_shape, input, norm_axis, opt_input, strides, EvalCtx, InferInput, Kernel, OpImpl};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::shape::{Dim, Fact, Shape};
@@ -184,6 +184,37 @@ pub fn transpose(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
         }
     }
     gather_elems(x, &out_shape, |i| offs[i])
+}
+
+/// Transpose prepared for one input shape: the permutation simplified once by
+/// [`floe_kernels::transpose::TransposePlan`], run on elements of `elem` bytes.
+struct TransposeKernel {
+    plan: floe_kernels::transpose::TransposePlan,
+    elem: usize,
+}
+
+impl Kernel for TransposeKernel {
+    fn run(&self, inputs: &[Option<&Tensor>], outputs: &mut [Tensor]) -> Result<()> {
+        let x = input(inputs, 0, "data")?;
+        let out = outputs.first_mut().ok_or_else(|| Error::Invalid("Transpose has no output to write".into()))?;
+        let bytes = self.plan.len() * self.elem;
+        if x.bytes().len() != bytes || out.bytes().len() != bytes {
+            bail!(
+                "Transpose was planned for {} elements of {} bytes, got input {:?} and output {:?}",
+                self.plan.len(),
+                self.elem,
+                x.shape(),
+                out.shape()
+            );
+        }
+        let unaligned = |e| Error::Invalid(format!("Transpose cannot view the tensor bytes as elements: {e}"));
+        with_elem!(self.elem, E => {
+            let src: &[E] = bytemuck::try_cast_slice(x.bytes()).map_err(unaligned)?;
+            let dst: &mut [E] = bytemuck::try_cast_slice_mut(out.bytes_mut()).map_err(unaligned)?;
+            self.plan.run(src, dst);
+        });
+        Ok(())
+    }
 }
 
 fn const_i64(inputs: &[Option<&Tensor>], i: usize) -> Result<Option<Vec<i64>>> {
@@ -790,7 +821,7 @@ fn shape_of(f: &Fact) -> Option<&Shape> {
 impl OpImpl for LayoutOp {
     fn is_view(&self) -> bool {
         use LayoutOp::*;
-        matches!(self, Reshape { .. } | Squeeze { .. } | Unsqueeze { .. } | Flatten { .. } | Identity | Dropout)
+        matches!(self, Reshape { .. } | Squeeze { .. } | Unsqueeze { .. } | Flatten { .. } | Identity)
     }
 
     fn name(&self) -> &'static str {
@@ -907,6 +938,8 @@ impl OpImpl for LayoutOp {
                             s.0.iter().enumerate().filter(|(i, _)| !ax.contains(i)).map(|(_, d)| d.clone()).collect(),
                         ))
                     }
+                    // Axes given as a runtime input: the output rank is unknown.
+                    (None, Some(_)) if inputs.get(1).is_some_and(|i| i.fact.dtype.is_some()) => None,
                     (None, Some(s)) => s
                         .as_fixed()
                         .map(|f| crate::Shape::fixed(&f.into_iter().filter(|&d| d != 1).collect::<Vec<_>>())),
@@ -952,6 +985,19 @@ impl OpImpl for LayoutOp {
             _ => Fact { dtype: dt, shape: None },
         };
         Ok(vec![f; n.max(1)])
+    }
+
+    fn kernel(&self, inputs: &[InferInput<'_>], outputs: &[Fact]) -> Result<Option<Box<dyn Kernel>>> {
+        let LayoutOp::Transpose { perm } = self else { return Ok(None) };
+        let (Some(x), [out]) = (inputs.first(), outputs) else { return Ok(None) };
+        let (Some(shape), Some(dt)) = (fixed_shape(x), x.fact.dtype) else { return Ok(None) };
+        if out.dtype != Some(dt) || ![1, 2, 4, 8].contains(&dt.size()) {
+            return Ok(None);
+        }
+        let p = perm.clone().unwrap_or_else(|| (0..shape.len()).rev().collect());
+        // An invalid perm is left to eval, which reports it.
+        let Some(plan) = floe_kernels::transpose::TransposePlan::new(&shape, &p) else { return Ok(None) };
+        Ok(Some(Box::new(TransposeKernel { plan, elem: dt.size() })))
     }
 
     fn eval(&self, ctx: &EvalCtx, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
@@ -1152,8 +1198,113 @@ impl OpImpl for LayoutOp {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::exec::{Bindings, SessionOptions};
+    use crate::graph::Graph;
+    use crate::ops::Op;
+    use crate::{Plan, Session};
+    use std::sync::Arc;
+
+    /// A small deterministic generator for test inputs (xorshift64).
+    pub(crate) struct Rng(pub u64);
+
+    impl Rng {
+        pub fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n.max(1) as u64) as usize
+        }
+
+        /// Uniform in [-4, 4).
+        pub fn f32(&mut self) -> f32 {
+            self.below(1 << 24) as f32 / (1 << 21) as f32 - 4.0
+        }
+
+        pub fn tensor(&mut self, shape: &[usize]) -> Tensor {
+            let n = shape.iter().product();
+            Tensor::from_vec(shape, (0..n).map(|_| self.f32()).collect::<Vec<f32>>()).unwrap()
+        }
+    }
+
+    /// Plans `op` alone on a model input shaped like `xs[0]` (`consts` as the
+    /// further inputs), asserts that the plan runs a prepared kernel, then runs one
+    /// session on each of `xs` in turn (so later runs write into buffers holding
+    /// the earlier results) and pairs every output with `op.eval`'s.
+    pub(crate) fn planned_vs_eval(
+        op: Op,
+        xs: &[Tensor],
+        consts: &[Option<Tensor>],
+        n_out: usize,
+    ) -> Vec<(Tensor, Tensor)> {
+        let mut g = Graph::default();
+        let x = g.add_value("x", Fact::new(xs[0].dtype(), Shape::fixed(xs[0].shape())));
+        g.inputs = vec![x];
+        let mut ins = vec![Some(x)];
+        for (i, c) in consts.iter().enumerate() {
+            ins.push(c.clone().map(|t| g.add_const(format!("c{i}"), t)));
+        }
+        let outs: Vec<usize> = (0..n_out).map(|i| g.add_value(format!("y{i}"), Fact::unknown())).collect();
+        g.add_node("op", op.clone(), ins, outs.clone());
+        g.outputs = outs;
+        let plan = Arc::new(Plan::new(&g, &Bindings::default()).unwrap());
+        assert_eq!(plan.kernel_coverage(), (1, 1), "{} on {:?} has no prepared kernel", op.name(), xs[0].shape());
+        let mut session = Session::with_options(plan, SessionOptions { threads: 1 });
+        let mut pairs = Vec::new();
+        for x in xs {
+            // Deep copies: holding the session's tensors would stop it reusing them.
+            let got: Vec<Tensor> = session
+                .run_borrowed(std::slice::from_ref(x), |_, _| {})
+                .unwrap()
+                .iter()
+                .map(|t| Tensor::from_bytes(t.dtype(), t.shape(), t.bytes()).unwrap())
+                .collect();
+            let mut args = vec![Some(x)];
+            args.extend(consts.iter().map(Option::as_ref));
+            let want = op.eval(&EvalCtx { n_outputs: n_out }, &args).unwrap();
+            assert_eq!(got.len(), want.len());
+            pairs.extend(got.into_iter().zip(want));
+        }
+        pairs
+    }
+
+    /// Same dtype and shape, and values within `tol` (absolute, or relative for
+    /// values above 1).
+    pub(crate) fn assert_close(got: &Tensor, want: &Tensor, tol: f64, what: &str) {
+        assert_eq!((got.dtype(), got.shape()), (want.dtype(), want.shape()), "{what}");
+        for (i, (a, b)) in got.to_f64_vec().iter().zip(want.to_f64_vec()).enumerate() {
+            assert!((a - b).abs() <= tol * b.abs().max(1.0), "{what}: element {i}: {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn transpose_kernel_matches_eval_for_random_shapes_perms_and_widths() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for case in 0..60 {
+            let rank = 1 + case % 6;
+            let shape: Vec<usize> = (0..rank)
+                .map(|_| if rng.below(4) == 0 { 1 } else { 1 + rng.below(if rank > 3 { 5 } else { 19 }) })
+                .collect();
+            let mut perm: Vec<usize> = (0..rank).collect();
+            for i in (1..rank).rev() {
+                perm.swap(i, rng.below(i + 1));
+            }
+            let n: usize = shape.iter().product();
+            let dt = [DType::F32, DType::U8, DType::F16, DType::I64][case % 4];
+            let xs: Vec<Tensor> = (0..2)
+                .map(|_| {
+                    let bytes: Vec<u8> = (0..n * dt.size()).map(|_| rng.below(256) as u8).collect();
+                    Tensor::from_bytes(dt, &shape, &bytes).unwrap()
+                })
+                .collect();
+            // perm None is the reversal
+            let op = LayoutOp::Transpose { perm: (case % 7 != 0).then(|| perm.clone()) };
+            for (got, want) in planned_vs_eval(op.into(), &xs, &[], 1) {
+                assert_eq!((got.dtype(), got.shape(), got.bytes()), (want.dtype(), want.shape(), want.bytes()));
+            }
+        }
+    }
 
     #[test]
     fn transpose_matches_hand_computed() {

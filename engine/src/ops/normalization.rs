@@ -7,11 +7,13 @@
 //!
 //! Statistics are accumulated in f64 (two passes: mean, then squared deviations),
 //! which is at least as precise as any `stash_type`. LayerNormalization and
-//! RMSNormalization on f32 (what the fusion passes produce) work on the f32 data
-//! in place; the other ops and dtypes go through f64 buffers.
+//! RMSNormalization on f32 (what the fusion passes produce) work on the f32 rows
+//! in place (RMS through `floe_kernels::norm::rms_norm_row`), also as prepared
+//! kernels with constant scale and bias broadcast to the row once at plan time;
+//! the other ops and dtypes go through f64 buffers.
 
 use super::broadcast::for_each_offset;
-use super::{input, norm_axis, opt_input, EvalCtx, InferInput, OpImpl};
+use super::{fixed_shape, input, norm_axis, opt_input, EvalCtx, InferInput, Kernel, OpImpl};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::shape::{Fact, Shape};
@@ -126,6 +128,143 @@ fn normalize_rows(x: &[f64], n: usize, eps: f64, center: bool) -> (Vec<f64>, Vec
     (out, means, invs)
 }
 
+/// One f32 row of LayerNormalization (`beta` given, possibly zeros) or, with
+/// `beta` None, RMSNormalization; returns the row's mean and `1 / sqrt(var + eps)`
+/// (RMS: 0 and `1 / sqrt(mean(x^2) + eps)`, computed only if `stats`).
+///
+/// LayerNormalization keeps f64 statistics rather than
+/// `floe_kernels::norm::layer_norm_row`: the ONNX reference tests put outputs
+/// near zero after cancelling against the bias, where the row kernel's f32
+/// statistics (about an ulp off) exceed the tolerance
+/// (test_layer_normalization_4d_axis1).
+fn norm_row_f32(
+    row: &[f32],
+    gamma: &[f32],
+    beta: Option<&[f32]>,
+    eps: f32,
+    out: &mut [f32],
+    stats: bool,
+) -> (f32, f32) {
+    match beta {
+        Some(beta) => {
+            let (mean, inv) = row_stats(row.iter().map(|&v| v as f64), row.len(), eps as f64, true);
+            let (mean, inv) = (mean as f32, inv as f32);
+            for (((o, &v), &g), &b) in out.iter_mut().zip(row).zip(gamma).zip(beta) {
+                *o = (v - mean) * inv * g + b;
+            }
+            (mean, inv)
+        }
+        None => {
+            floe_kernels::norm::rms_norm_row(row, gamma, eps, out);
+            if !stats {
+                return (0.0, 0.0);
+            }
+            let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / row.len().max(1) as f64;
+            (0.0, (1.0 / (ms + eps as f64).sqrt()) as f32)
+        }
+    }
+}
+
+/// f32 LayerNormalization or RMSNormalization over rows of `n` for one input
+/// shape, with scale (and bias) broadcast to the row at plan time. Writes Y, and
+/// Mean and InvStdDev when planned (LayerNormalization only).
+struct LayerNormKernel {
+    rows: usize,
+    n: usize,
+    gamma: Vec<f32>,
+    /// None: RMSNormalization.
+    beta: Option<Vec<f32>>,
+    eps: f32,
+}
+
+impl Kernel for LayerNormKernel {
+    fn run(&self, inputs: &[Option<&Tensor>], outputs: &mut [Tensor]) -> Result<()> {
+        let x = input(inputs, 0, "X")?.as_slice::<f32>()?;
+        let (y, stats) = outputs.split_first_mut().ok_or_else(|| Error::Invalid("no output to write".into()))?;
+        let y = y.as_mut_slice::<f32>()?;
+        let total = self.rows * self.n;
+        if x.len() != total || y.len() != total || stats.iter().any(|t| t.numel() != self.rows) {
+            bail!(
+                "planned for {} rows of {}, got X of {} and outputs of {} and {:?} elements",
+                self.rows,
+                self.n,
+                x.len(),
+                y.len(),
+                stats.iter().map(Tensor::numel).collect::<Vec<_>>()
+            );
+        }
+        let rows = x.chunks_exact(self.n).zip(y.chunks_exact_mut(self.n));
+        match stats {
+            [] => {
+                for (row, out) in rows {
+                    norm_row_f32(row, &self.gamma, self.beta.as_deref(), self.eps, out, false);
+                }
+            }
+            [mean, rest @ ..] => {
+                let mean = mean.as_mut_slice::<f32>()?;
+                let mut inv = match rest.first_mut() {
+                    Some(t) => Some(t.as_mut_slice::<f32>()?),
+                    None => None,
+                };
+                for (r, (row, out)) in rows.enumerate() {
+                    let (m, i) = norm_row_f32(row, &self.gamma, self.beta.as_deref(), self.eps, out, true);
+                    mean[r] = m;
+                    if let Some(inv) = inv.as_deref_mut() {
+                        inv[r] = i;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LayerNormKernel {
+    /// `None` unless X is f32, every scale/bias is a constant that broadcasts to
+    /// the normalised block, and the outputs are Y (and for LayerNormalization
+    /// f32 Mean, InvStdDev).
+    fn plan(
+        inputs: &[InferInput<'_>],
+        outputs: &[Fact],
+        axis: i64,
+        eps: f32,
+        rms: bool,
+    ) -> Result<Option<LayerNormKernel>> {
+        let Some(x) = inputs.first() else { return Ok(None) };
+        let Some(shape) = fixed_shape(x) else { return Ok(None) };
+        let f32_out = outputs.iter().all(|o| o.dtype == Some(DType::F32));
+        let max_out = if rms { 1 } else { 3 };
+        if x.fact.dtype != Some(DType::F32) || !f32_out || outputs.is_empty() || outputs.len() > max_out {
+            return Ok(None);
+        }
+        let Ok(a) = norm_axis(axis, shape.len()) else { return Ok(None) };
+        let (rows, n) = (shape[..a].iter().product::<usize>(), shape[a..].iter().product::<usize>());
+        if shape.is_empty() || rows == 0 || n == 0 {
+            return Ok(None);
+        }
+        // A constant, or (None) an omitted optional input; Err(()) for a computed one.
+        let konst = |i: usize| -> std::result::Result<Option<&Tensor>, ()> {
+            match inputs.get(i) {
+                None => Ok(None),
+                Some(inp) if inp.fact.dtype.is_none() && inp.fact.shape.is_none() && inp.value.is_none() => Ok(None),
+                Some(inp) => inp.value.map(Some).ok_or(()),
+            }
+        };
+        let (Ok(scale), Ok(bias)) = (konst(1), if rms { Ok(None) } else { konst(2) }) else { return Ok(None) };
+        if rms && scale.is_none() {
+            return Ok(None);
+        }
+        let block = &shape[a..];
+        let to_f32 = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
+        let (Ok(gamma), Ok(beta)) =
+            (broadcast_affine(scale, block, "scale", 1.0), broadcast_affine(bias, block, "bias", 0.0))
+        else {
+            return Ok(None);
+        };
+        Ok(Some(LayerNormKernel { rows, n, gamma: to_f32(gamma), beta: (!rms).then(|| to_f32(beta)), eps }))
+    }
+}
+
 /// LayerNormalization (`rms` false) or RMSNormalization over the dims from `axis`
 /// on. With `n_out` > 1 also returns Mean and InvStdDev (float32, shaped like X
 /// with the normalised dims set to 1).
@@ -145,19 +284,17 @@ fn layer_norm(
     let n: usize = block.iter().product();
     let (s, b) = (broadcast_affine(scale, block, "scale", 1.0)?, broadcast_affine(bias, block, "bias", 0.0)?);
     let (y, means, invs) = if x.dtype() == DType::F32 {
-        let xv = x.as_slice::<f32>()?;
         let mut y = Tensor::zeros(DType::F32, x.shape())?;
         let (mut means, mut invs) = (Vec::new(), Vec::new());
         let (s, b): (Vec<f32>, Vec<f32>) =
             (s.iter().map(|&v| v as f32).collect(), b.iter().map(|&v| v as f32).collect());
-        for (row, out) in xv.chunks_exact(n.max(1)).zip(y.as_mut_slice::<f32>()?.chunks_exact_mut(n.max(1))) {
-            let (mean, inv) = row_stats(row.iter().map(|&v| v as f64), n, eps as f64, !rms);
-            let (mean32, inv32) = (mean as f32, inv as f32);
-            for (((o, &v), &s), &b) in out.iter_mut().zip(row).zip(&s).zip(&b) {
-                *o = (v - mean32) * inv32 * s + b;
+        let rows = x.as_slice::<f32>()?.chunks_exact(n.max(1)).zip(y.as_mut_slice::<f32>()?.chunks_exact_mut(n.max(1)));
+        for (row, out) in rows {
+            let (mean, inv) = norm_row_f32(row, &s, (!rms).then_some(&b[..]), eps, out, n_out > 1);
+            if n_out > 1 {
+                means.push(mean as f64);
+                invs.push(inv as f64);
             }
-            means.push(mean);
-            invs.push(inv);
         }
         (y, means, invs)
     } else {
@@ -365,6 +502,15 @@ impl OpImpl for NormOp {
         Ok(v)
     }
 
+    fn kernel(&self, inputs: &[InferInput<'_>], outputs: &[Fact]) -> Result<Option<Box<dyn Kernel>>> {
+        let k = match self {
+            NormOp::LayerNorm { axis, epsilon } => LayerNormKernel::plan(inputs, outputs, *axis, *epsilon, false)?,
+            NormOp::RmsNorm { axis, epsilon } => LayerNormKernel::plan(inputs, outputs, *axis, *epsilon, true)?,
+            _ => None,
+        };
+        Ok(k.map(|k| Box::new(k) as Box<dyn Kernel>))
+    }
+
     fn eval(&self, ctx: &EvalCtx, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
         let x = input(inputs, 0, "X")?;
         Ok(match self {
@@ -401,6 +547,51 @@ mod tests {
 
     fn t(shape: &[usize], v: &[f32]) -> Tensor {
         Tensor::from_slice(shape, v).unwrap()
+    }
+
+    use crate::ops::layout::tests::{assert_close, planned_vs_eval, Rng};
+
+    #[test]
+    fn layer_and_rms_norm_kernels_match_eval() {
+        let mut rng = Rng(0x6a09_e667_f3bc_c908);
+        for case in 0..40 {
+            let rank = 1 + case % 4;
+            let shape: Vec<usize> = (0..rank).map(|_| 1 + rng.below(19)).collect();
+            let a = rng.below(rank);
+            let block = &shape[a..];
+            // scale/bias: full block, its trailing dims, or absent (LayerNorm)
+            let affine = |rng: &mut Rng| -> Option<Tensor> {
+                match rng.below(3) {
+                    0 => None,
+                    1 => Some(rng.tensor(block)),
+                    _ => Some(rng.tensor(&block[block.len() - 1..])),
+                }
+            };
+            let (scale, bias) = (affine(&mut rng), affine(&mut rng));
+            let axis = a as i64 - if case % 2 == 0 { rank as i64 } else { 0 };
+            let xs = [rng.tensor(&shape), rng.tensor(&shape)];
+            let (op, consts, n_out) = if case % 4 == 3 {
+                let scale = scale.or_else(|| Some(rng.tensor(block)));
+                (NormOp::RmsNorm { axis, epsilon: 1e-6 }, vec![scale], 1)
+            } else {
+                (NormOp::LayerNorm { axis, epsilon: 1e-5 }, vec![scale, bias], 1 + case % 3)
+            };
+            for (got, want) in planned_vs_eval(op.clone().into(), &xs, &consts, n_out) {
+                assert_close(&got, &want, 1e-5, &format!("{op:?} on {shape:?}"));
+            }
+        }
+    }
+
+    #[test]
+    fn layer_norm_with_a_computed_scale_stays_on_eval() {
+        let x = Fact::new(DType::F32, Shape::fixed(&[2, 4]));
+        let scale = Fact::new(DType::F32, Shape::fixed(&[4]));
+        let ins = [InferInput { fact: &x, value: None }, InferInput { fact: &scale, value: None }];
+        let op = NormOp::LayerNorm { axis: -1, epsilon: 1e-5 };
+        assert!(op.kernel(&ins, &op.infer(&ins, 1).unwrap()).unwrap().is_none());
+        let w = Tensor::from_slice(&[4], &[1.0f32; 4]).unwrap();
+        let ins = [ins[0], InferInput { fact: &scale, value: Some(&w) }];
+        assert!(op.kernel(&ins, &op.infer(&ins, 1).unwrap()).unwrap().is_some());
     }
 
     fn close(got: &Tensor, want: &[f32]) {

@@ -6,9 +6,15 @@
 //!
 //! Values are pooled in f64 and written back in the input's dtype (MaxPool is
 //! exact for every numeric type; averages round once).
+//!
+//! For f32 with fixed shapes, MaxPool (without Indices), AveragePool,
+//! GlobalAveragePool and GlobalMaxPool have prepared kernels ([`PoolKernel`],
+//! [`GlobalKernel`]): the window geometry becomes per-axis loop bounds (1-D and
+//! 2-D) or a table of tap offsets (3-D and up) once at plan time, and each run
+//! only walks the planes.
 
 use super::conv::{ConvAttrs, Window};
-use super::{input, opt_input, strides, EvalCtx, InferInput, OpImpl};
+use super::{fixed_shape, input, opt_input, strides, EvalCtx, InferInput, Kernel, OpImpl};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::shape::{Dim, Fact, Shape};
@@ -175,6 +181,224 @@ fn pool_typed<T: Element>(
     (vals, idx)
 }
 
+/// Where the window of one output position lies along one spatial axis: input
+/// taps at `start + t * dilation` for `t < count`, and `padded` window positions
+/// that are input or padding (what `count_include_pad` divides by).
+#[derive(Clone, Copy, Debug)]
+struct AxisTaps {
+    start: usize,
+    count: usize,
+    padded: usize,
+}
+
+/// The [`AxisTaps`] of every output position along spatial axis `d` of `g`.
+fn axis_taps(size: usize, g: &Window, d: usize) -> Vec<AxisTaps> {
+    (0..g.out[d])
+        .map(|o| {
+            let mut t = AxisTaps { start: 0, count: 0, padded: 0 };
+            for k in 0..g.kernel[d] {
+                // Window::new keeps every position within the padded input's bounds
+                let p = (o * g.stride[d] + k * g.dil[d]) as i64 - g.pad_begin[d] as i64;
+                if p >= 0 && (p as usize) < size {
+                    if t.count == 0 {
+                        t.start = p as usize;
+                    }
+                    t.count += 1;
+                }
+                // in ceil mode the window may reach past the end padding
+                t.padded += (p < (size + g.pad_end[d]) as i64) as usize;
+            }
+            t
+        })
+        .collect()
+}
+
+/// Where a [`PoolKernel`] finds each output's window in an input plane.
+enum Geometry {
+    /// 1-D and 2-D (1-D as a plane of one row): output `(r, c)` pools rows
+    /// `rows[r]` (at stride `dil.0` rows) times columns `cols[c]` (at stride `dil.1`).
+    Separable { width: usize, dil: (usize, usize), rows: Vec<AxisTaps>, cols: Vec<AxisTaps> },
+    /// Any rank: the taps of output `o` are `taps[starts[o]..starts[o + 1]]`
+    /// (plane offsets), `padded[o]` as in [`AxisTaps`].
+    Table { taps: Vec<usize>, starts: Vec<usize>, padded: Vec<usize> },
+}
+
+/// f32 MaxPool (first maximum, `-inf` for an empty window) or AveragePool (sum
+/// in f64 in window order, as `pool_typed` does) for one input shape.
+struct PoolKernel {
+    average: Option<bool>,
+    planes: usize,
+    in_plane: usize,
+    out_plane: usize,
+    geometry: Geometry,
+}
+
+/// Most taps a [`Geometry::Table`] may hold (larger windows stay on `eval`).
+const MAX_KERNEL_TAPS: usize = 1 << 22;
+
+impl PoolKernel {
+    fn new(shape: &[usize], kind: PoolKind, a: &ConvAttrs, ceil_mode: bool) -> Option<PoolKernel> {
+        let average = match kind {
+            PoolKind::Max => None,
+            PoolKind::Average { count_include_pad } => Some(count_include_pad),
+            PoolKind::Lp { .. } => return None,
+        };
+        let sp = shape.get(2..).filter(|sp| !sp.is_empty())?;
+        let g = Window::new(sp, &a.kernel_shape, a, ceil_mode).ok()?;
+        let (in_plane, out_plane) = (sp.iter().product::<usize>(), g.out.iter().product::<usize>());
+        let nk = g.kernel.iter().product::<usize>();
+        let cost = (0..sp.len()).try_fold(0usize, |c, d| c.checked_add(g.kernel[d].checked_mul(g.out[d])?))?;
+        if cost > MAX_KERNEL_TAPS {
+            return None;
+        }
+        let geometry = match sp.len() {
+            1 => {
+                let one = Window {
+                    kernel: vec![1, g.kernel[0]],
+                    stride: vec![1, g.stride[0]],
+                    dil: vec![1, g.dil[0]],
+                    pad_begin: vec![0, g.pad_begin[0]],
+                    pad_end: vec![0, g.pad_end[0]],
+                    out: vec![1, g.out[0]],
+                };
+                let rows = axis_taps(1, &one, 0);
+                Geometry::Separable { width: sp[0], dil: (1, g.dil[0]), rows, cols: axis_taps(sp[0], &one, 1) }
+            }
+            2 => Geometry::Separable {
+                width: sp[1],
+                dil: (g.dil[0], g.dil[1]),
+                rows: axis_taps(sp[0], &g, 0),
+                cols: axis_taps(sp[1], &g, 1),
+            },
+            _ => {
+                if out_plane.checked_mul(nk)? > MAX_KERNEL_TAPS {
+                    return None;
+                }
+                let mut w = Windows::default();
+                w.fill(sp, &g, 0..out_plane);
+                Geometry::Table { taps: w.taps.iter().map(|t| t.0).collect(), starts: w.starts, padded: w.padded }
+            }
+        };
+        Some(PoolKernel { average, planes: shape[0] * shape[1], in_plane, out_plane, geometry })
+    }
+
+    /// One output from its taps (`taps` yields the input values in window order).
+    #[inline(always)]
+    fn reduce(&self, mut taps: impl Iterator<Item = f32>, valid: usize, padded: usize) -> f32 {
+        match self.average {
+            None => {
+                let Some(first) = taps.next() else { return f32::NEG_INFINITY };
+                taps.fold(first, |m, v| if v > m { v } else { m })
+            }
+            Some(include_pad) => {
+                let n = if include_pad { padded } else { valid };
+                (taps.map(f64::from).sum::<f64>() / n.max(1) as f64) as f32
+            }
+        }
+    }
+}
+
+impl Kernel for PoolKernel {
+    fn run(&self, inputs: &[Option<&Tensor>], outputs: &mut [Tensor]) -> Result<()> {
+        let x = input(inputs, 0, "X")?.as_slice::<f32>()?;
+        let y = outputs.first_mut().ok_or_else(|| Error::Invalid("no output to write".into()))?;
+        let y = y.as_mut_slice::<f32>()?;
+        if x.len() != self.planes * self.in_plane || y.len() != self.planes * self.out_plane {
+            bail!(
+                "planned for {} planes of {} -> {} elements, got input {} and output {}",
+                self.planes,
+                self.in_plane,
+                self.out_plane,
+                x.len(),
+                y.len()
+            );
+        }
+        for (src, dst) in x.chunks_exact(self.in_plane).zip(y.chunks_exact_mut(self.out_plane)) {
+            match &self.geometry {
+                Geometry::Separable { width, dil: (dh, dw), rows, cols } => {
+                    let (width, dh, dw) = (*width, *dh, *dw);
+                    for (r, out_row) in rows.iter().zip(dst.chunks_exact_mut(cols.len())) {
+                        for (c, out) in cols.iter().zip(out_row) {
+                            *out = if r.count == 0 || c.count == 0 {
+                                self.reduce(std::iter::empty(), 0, r.padded * c.padded)
+                            } else {
+                                // the window's input rows, each cut to its first..=last tap
+                                let span = (c.count - 1) * dw + 1;
+                                let first = r.start * width + c.start;
+                                let window = (0..r.count).map(|kh| &src[first + kh * dh * width..][..span]);
+                                match self.average {
+                                    None => {
+                                        let mut m = src[first];
+                                        for row in window {
+                                            for &v in row.iter().step_by(dw) {
+                                                m = if v > m { v } else { m };
+                                            }
+                                        }
+                                        m
+                                    }
+                                    Some(include_pad) => {
+                                        let mut sum = 0f64;
+                                        for row in window {
+                                            for &v in row.iter().step_by(dw) {
+                                                sum += v as f64;
+                                            }
+                                        }
+                                        let n = if include_pad { r.padded * c.padded } else { r.count * c.count };
+                                        (sum / n as f64) as f32
+                                    }
+                                }
+                            };
+                        }
+                    }
+                }
+                Geometry::Table { taps, starts, padded } => {
+                    for (o, (out, w)) in dst.iter_mut().zip(starts.windows(2)).enumerate() {
+                        let window = &taps[w[0]..w[1]];
+                        *out = self.reduce(window.iter().map(|&t| src[t]), window.len(), padded[o]);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// f32 GlobalAveragePool / GlobalMaxPool: one value per plane of `plane` elements.
+struct GlobalKernel {
+    max: bool,
+    planes: usize,
+    plane: usize,
+}
+
+impl Kernel for GlobalKernel {
+    fn run(&self, inputs: &[Option<&Tensor>], outputs: &mut [Tensor]) -> Result<()> {
+        let x = input(inputs, 0, "X")?.as_slice::<f32>()?;
+        let y = outputs.first_mut().ok_or_else(|| Error::Invalid("no output to write".into()))?;
+        let y = y.as_mut_slice::<f32>()?;
+        if x.len() != self.planes * self.plane || y.len() != self.planes {
+            bail!("planned for {} planes of {}, got input {} and output {}", self.planes, self.plane, x.len(), y.len());
+        }
+        for (src, out) in x.chunks_exact(self.plane).zip(y) {
+            *out = if self.max {
+                // f32::max skips NaN, as the f64 fold of `global` does
+                src.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+            } else {
+                // eight partial sums in f64: vectorisable, and far below f32 rounding
+                let mut acc = [0f64; 8];
+                let mut chunks = src.chunks_exact(8);
+                for c in &mut chunks {
+                    for (a, &v) in acc.iter_mut().zip(c) {
+                        *a += v as f64;
+                    }
+                }
+                let tail: f64 = chunks.remainder().iter().map(|&v| v as f64).sum();
+                ((acc.iter().sum::<f64>() + tail) / self.plane as f64) as f32
+            };
+        }
+        Ok(())
+    }
+}
+
 fn global(x: &Tensor, op: &PoolOp) -> Result<Tensor> {
     let xs = x.shape();
     if xs.len() < 2 {
@@ -326,6 +550,25 @@ impl OpImpl for PoolOp {
         Ok(v)
     }
 
+    fn kernel(&self, inputs: &[InferInput<'_>], outputs: &[Fact]) -> Result<Option<Box<dyn Kernel>>> {
+        // One output only: MaxPool's Indices stay on eval.
+        let (Some(x), [out]) = (inputs.first(), outputs) else { return Ok(None) };
+        let Some(shape) = fixed_shape(x) else { return Ok(None) };
+        let f32_io = x.fact.dtype == Some(DType::F32) && out.dtype == Some(DType::F32);
+        if !f32_io || shape.len() < 2 || shape.contains(&0) {
+            return Ok(None);
+        }
+        let (planes, plane) = (shape[0] * shape[1], shape[2..].iter().product::<usize>());
+        Ok(match self {
+            PoolOp::Pool { kind, attrs, ceil_mode, .. } => {
+                PoolKernel::new(&shape, *kind, attrs, *ceil_mode).map(|k| Box::new(k) as Box<dyn Kernel>)
+            }
+            PoolOp::GlobalAverage => Some(Box::new(GlobalKernel { max: false, planes, plane })),
+            PoolOp::GlobalMax => Some(Box::new(GlobalKernel { max: true, planes, plane })),
+            PoolOp::GlobalLp { .. } | PoolOp::MaxUnpool { .. } => None,
+        })
+    }
+
     fn eval(&self, ctx: &EvalCtx, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
         let x = input(inputs, 0, "X")?;
         Ok(match self {
@@ -352,6 +595,81 @@ mod tests {
 
     fn attrs(kernel: Vec<usize>, pads: Vec<usize>, strides: Vec<usize>) -> ConvAttrs {
         ConvAttrs { auto_pad: AutoPad::NotSet, dilations: vec![], group: 1, kernel_shape: kernel, pads, strides }
+    }
+
+    use crate::ops::layout::tests::{assert_close, planned_vs_eval, Rng};
+
+    #[test]
+    fn pool_kernels_match_eval_for_random_geometry() {
+        let mut rng = Rng(0xda94_2042_e4dd_58b5);
+        let mut checked = 0;
+        for case in 0..90 {
+            let nd = 1 + case % 3;
+            let sp: Vec<usize> = (0..nd).map(|_| 1 + rng.below(if nd == 3 { 6 } else { 13 })).collect();
+            let kernel: Vec<usize> = sp.iter().map(|&s| 1 + rng.below(s.min(4))).collect();
+            let pick = |rng: &mut Rng, n: usize| -> Vec<usize> {
+                if rng.below(3) == 0 {
+                    vec![]
+                } else {
+                    (0..nd).map(|_| 1 + rng.below(n)).collect()
+                }
+            };
+            let (strides, dilations) = (pick(&mut rng, 3), pick(&mut rng, 2));
+            let pads: Vec<usize> =
+                if rng.below(2) == 0 { vec![] } else { (0..2 * nd).map(|i| rng.below(kernel[i % nd])).collect() };
+            let auto_pad = [AutoPad::NotSet, AutoPad::NotSet, AutoPad::SameUpper, AutoPad::SameLower, AutoPad::Valid]
+                [rng.below(5)];
+            let a = ConvAttrs { auto_pad, dilations, group: 1, kernel_shape: kernel, pads, strides };
+            let ceil_mode = rng.below(2) == 0;
+            let mut shape = vec![1 + rng.below(2), 1 + rng.below(3)];
+            shape.extend(&sp);
+            // skip geometries where no window fits
+            let Ok(g) = Window::new(&sp, &a.kernel_shape, &a, ceil_mode) else { continue };
+            if g.pad_begin.iter().zip(&g.kernel).any(|(p, k)| p >= k) {
+                continue;
+            }
+            let kinds = [
+                PoolKind::Max,
+                PoolKind::Average { count_include_pad: true },
+                PoolKind::Average { count_include_pad: false },
+            ];
+            let kind = kinds[case % 3];
+            let op = PoolOp::Pool { kind, attrs: a.clone(), ceil_mode, storage_order: 0 };
+            let xs = [rng.tensor(&shape), rng.tensor(&shape)];
+            let tol = if kind == PoolKind::Max { 0.0 } else { 1e-5 };
+            for (got, want) in planned_vs_eval(op.into(), &xs, &[], 1) {
+                assert_close(&got, &want, tol, &format!("{kind:?} {a:?} ceil {ceil_mode} on {shape:?}"));
+            }
+            checked += 1;
+        }
+        assert!(checked > 60, "only {checked} geometries fit");
+    }
+
+    #[test]
+    fn global_pool_kernels_match_eval() {
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        for shape in [vec![2, 3], vec![1, 3, 7], vec![2, 5, 7, 9], vec![1, 2, 3, 1, 4], vec![1, 1, 33, 1]] {
+            for op in [PoolOp::GlobalAverage, PoolOp::GlobalMax] {
+                let tol = if matches!(op, PoolOp::GlobalMax) { 0.0 } else { 1e-5 };
+                let xs = [rng.tensor(&shape), rng.tensor(&shape)];
+                for (got, want) in planned_vs_eval(op.clone().into(), &xs, &[], 1) {
+                    assert_close(&got, &want, tol, &format!("{op:?} on {shape:?}"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn max_pool_with_indices_and_lp_pool_stay_on_eval() {
+        let x = Fact::new(DType::F32, Shape::fixed(&[1, 1, 4]));
+        let ins = [InferInput { fact: &x, value: None }];
+        let a = attrs(vec![2], vec![], vec![]);
+        let max = PoolOp::Pool { kind: PoolKind::Max, attrs: a.clone(), ceil_mode: false, storage_order: 0 };
+        let outs = max.infer(&ins, 2).unwrap();
+        assert!(max.kernel(&ins, &outs).unwrap().is_none());
+        assert!(max.kernel(&ins, &outs[..1]).unwrap().is_some());
+        let lp = PoolOp::Pool { kind: PoolKind::Lp { p: 2.0 }, attrs: a, ceil_mode: false, storage_order: 0 };
+        assert!(lp.kernel(&ins, &lp.infer(&ins, 1).unwrap()).unwrap().is_none());
     }
 
     #[test]
