@@ -106,7 +106,9 @@ mod rten_baseline {
             let inputs: Vec<(rten::NodeId, rten::ValueOrView<'_>)> = ids
                 .iter()
                 .zip(&data)
-                .map(|(&id, (shape, v))| (id, rten_tensor::TensorView::from_data(shape.as_slice(), v.as_slice()).into()))
+                .map(|(&id, (shape, v))| {
+                    (id, rten_tensor::TensorView::from_data(shape.as_slice(), v.as_slice()).into())
+                })
                 .collect();
             model.run(inputs, &outs, Some(opts.clone()))
         };

@@ -77,7 +77,12 @@ impl Tensor {
             .checked_mul(dtype.size())
             .filter(|&l| l <= MAX_TENSOR_BYTES)
             .ok_or_else(|| Error::Invalid(format!("tensor of shape {shape:?} and dtype {dtype} is too large")))?;
-        Ok(Tensor { dtype, shape: Dims::new(shape), storage: Storage::Owned(Arc::new(vec![0u64; len.div_ceil(8)])), len })
+        Ok(Tensor {
+            dtype,
+            shape: Dims::new(shape),
+            storage: Storage::Owned(Arc::new(vec![0u64; len.div_ceil(8)])),
+            len,
+        })
     }
 
     /// A tensor from typed values; `data.len()` must match the shape.

@@ -56,7 +56,7 @@ mod tests {
                     for i in 0..parts {
                         let r = split_range(len, parts, align, i);
                         assert_eq!(r.start, next, "len {len} parts {parts} align {align}");
-                        assert!(r.start % align == 0 || r.start == len);
+                        assert!(r.start.is_multiple_of(align) || r.start == len);
                         next = r.end;
                     }
                     assert_eq!(next, len);

@@ -27,7 +27,8 @@ pub(super) struct StepInfo<'a> {
 /// `last_use[v]`: the last step reading or producing `v` (`usize::MAX` keeps it
 /// alive past the run, for model outputs).
 pub(super) fn plan_buffers(n_values: usize, steps: &[StepInfo<'_>], last_use: &[usize]) -> BufferPlan {
-    let mut p = BufferPlan { buffer_of: vec![None; n_values], release: vec![Vec::new(); steps.len()], ..Default::default() };
+    let mut p =
+        BufferPlan { buffer_of: vec![None; n_values], release: vec![Vec::new(); steps.len()], ..Default::default() };
     // Per buffer: (step after which it is free, the alias alive longest).
     let mut end: Vec<(usize, usize)> = Vec::new();
     let mut free: Vec<usize> = Vec::new();

@@ -63,7 +63,10 @@ impl Plan {
                 last_use[o] = si;
             }
             let (kernel, layouts) = prepare(&g, si)?;
-            let view = n.op.is_view() && n.outputs.len() == 1 && layouts.len() == 1 && n.inputs.first().is_some_and(|i| i.is_some());
+            let view = n.op.is_view()
+                && n.outputs.len() == 1
+                && layouts.len() == 1
+                && n.inputs.first().is_some_and(|i| i.is_some());
             steps.push(Step {
                 node: si,
                 inputs: n.inputs.clone(),
@@ -88,7 +91,10 @@ impl Plan {
             .map(|s| StepInfo {
                 inputs: &s.inputs,
                 outputs: &s.outputs,
-                kernel_outputs: s.kernel.as_ref().map(|_| s.layouts.iter().map(|(d, sh)| d.size() * sh.iter().product::<usize>()).collect()),
+                kernel_outputs: s
+                    .kernel
+                    .as_ref()
+                    .map(|_| s.layouts.iter().map(|(d, sh)| d.size() * sh.iter().product::<usize>()).collect()),
                 is_view: g.nodes[s.node].op.is_view(),
             })
             .collect();
@@ -132,9 +138,12 @@ impl Plan {
     }
 }
 
+/// Planned dtype and shape of each output of a step.
+type Layouts = Vec<(DType, Vec<usize>)>;
+
 /// The kernel for step `si` when every input and output shape is concrete and the
 /// op has one.
-fn prepare(g: &Graph, si: usize) -> Result<(Option<Box<dyn Kernel>>, Vec<(DType, Vec<usize>)>)> {
+fn prepare(g: &Graph, si: usize) -> Result<(Option<Box<dyn Kernel>>, Layouts)> {
     let n = &g.nodes[si];
     let mut layouts = Vec::with_capacity(n.outputs.len());
     for &o in &n.outputs {

@@ -232,7 +232,11 @@ impl Session {
         }
         if step.view {
             let x = ins[0].ok_or_else(|| Error::Invalid("missing input 0".into()))?;
-            let t = if x.dtype() == step.layouts[0].0 { x.reshaped(&step.layouts[0].1)? } else { x.cast(step.layouts[0].0)? };
+            let t = if x.dtype() == step.layouts[0].0 {
+                x.reshaped(&step.layouts[0].1)?
+            } else {
+                x.cast(step.layouts[0].0)?
+            };
             self.slots[step.outputs[0]] = Some(t);
             return Ok(());
         }

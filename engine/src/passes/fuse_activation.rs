@@ -38,7 +38,8 @@ pub fn fuse_activation(g: &mut Graph) -> usize {
 
 fn match_at(g: &Graph, i: usize) -> Option<(usize, FusedActivation)> {
     let n = &g.nodes[i];
-    let fusable = matches!(n.op, Op::MatMul(MatMulOp::Linear { activation: FusedActivation::None }) | Op::Conv(ConvOp::Conv(_)));
+    let fusable =
+        matches!(n.op, Op::MatMul(MatMulOp::Linear { activation: FusedActivation::None }) | Op::Conv(ConvOp::Conv(_)));
     if !fusable || n.outputs.len() != 1 || g.outputs.contains(&n.outputs[0]) {
         return None;
     }
@@ -64,7 +65,9 @@ mod tests {
     use std::sync::Arc;
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 9) as f32 / (1 << 23) as f32) - 0.5).collect()
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 9) as f32 / (1 << 23) as f32) - 0.5)
+            .collect()
     }
 
     /// x [1, 4, 10] -> Conv(k3, pad 1) -> act -> Linear over the last axis -> act.
@@ -89,7 +92,12 @@ mod tests {
         let lw = g.add_const("lw", Tensor::from_vec(&[10, 5], values(50, 3)).unwrap());
         let lb = g.add_const("lb", Tensor::from_vec(&[5], values(5, 4)).unwrap());
         let l = g.add_value("l", Fact::unknown());
-        g.add_node("lin", MatMulOp::Linear { activation: FusedActivation::None }.into(), vec![Some(ca), Some(lw), Some(lb)], vec![l]);
+        g.add_node(
+            "lin",
+            MatMulOp::Linear { activation: FusedActivation::None }.into(),
+            vec![Some(ca), Some(lw), Some(lb)],
+            vec![l],
+        );
         let y = g.add_value("y", Fact::unknown());
         g.add_node("act2", ElementwiseOp::Unary(act).into(), vec![Some(l)], vec![y]);
         g.outputs = vec![y];
@@ -108,7 +116,13 @@ mod tests {
 
     #[test]
     fn every_fusable_activation_folds_into_conv_and_linear_with_the_same_outputs() {
-        for act in [UnaryOp::Relu, UnaryOp::Sigmoid, UnaryOp::Tanh, UnaryOp::Gelu { tanh_approx: false }, UnaryOp::Swish { alpha: 1.0 }] {
+        for act in [
+            UnaryOp::Relu,
+            UnaryOp::Sigmoid,
+            UnaryOp::Tanh,
+            UnaryOp::Gelu { tanh_approx: false },
+            UnaryOp::Swish { alpha: 1.0 },
+        ] {
             let g = graph(act, false);
             let want = run(&g);
             let mut f = g.clone();

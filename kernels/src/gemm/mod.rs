@@ -135,7 +135,9 @@ pub fn sgemm_ex(
         }
         let a_sub = MatRef { data: &a.data[rows.start * a.row_stride..], rows: rows.len(), ..a };
         let b_sub = match b {
-            BSource::Mat(bm) => BSource::Mat(MatRef { data: &bm.data[cols.start * bm.col_stride..], cols: cols.len(), ..bm }),
+            BSource::Mat(bm) => {
+                BSource::Mat(MatRef { data: &bm.data[cols.start * bm.col_stride..], cols: cols.len(), ..bm })
+            }
             BSource::Packed(pb, _) => BSource::Packed(pb, cols.start / kernel.nr),
         };
         // SAFETY: `c` holds at least m * n floats (asserted above) and the blocks of
@@ -358,7 +360,8 @@ mod tests {
                     };
                     for use_packed in [false, true] {
                         let mut c = vec![f32::NAN; m * n];
-                        let bsrc = if use_packed { BSource::Packed(&packed, 0) } else { BSource::Mat(MatRef::new(&b, k, n)) };
+                        let bsrc =
+                            if use_packed { BSource::Packed(&packed, 0) } else { BSource::Mat(MatRef::new(&b, k, n)) };
                         sgemm_ex(kernel, 1.0, MatRef::new(&a, m, k), bsrc, 0.0, &mut c, &epi);
                         for i in 0..m * n {
                             assert!(
@@ -387,7 +390,15 @@ mod tests {
             let epi = Epilogue { bias: Bias::Cols(&bias), activation: Activation::Relu, residual: None };
             let run = || {
                 let mut c1 = vec![0.0; m * n];
-                sgemm_ex(selected(), 1.0, MatRef::new(&a, m, k), BSource::Mat(MatRef::new(&b, k, n)), 0.0, &mut c1, &epi);
+                sgemm_ex(
+                    selected(),
+                    1.0,
+                    MatRef::new(&a, m, k),
+                    BSource::Mat(MatRef::new(&b, k, n)),
+                    0.0,
+                    &mut c1,
+                    &epi,
+                );
                 let mut c2 = vec![0.0; m * n];
                 sgemm_packed(1.0, MatRef::new(&a, m, k), &packed, 0.0, &mut c2, &epi);
                 (c1, c2)

@@ -80,7 +80,11 @@ fn runs(idx: &[usize], nk: usize, no: usize) -> Vec<Vec<Run>> {
         .collect()
 }
 
-pub(super) fn prepare(a: &ConvAttrs, act: FusedActivation, inputs: &[InferInput<'_>]) -> Result<Option<Box<dyn Kernel>>> {
+pub(super) fn prepare(
+    a: &ConvAttrs,
+    act: FusedActivation,
+    inputs: &[InferInput<'_>],
+) -> Result<Option<Box<dyn Kernel>>> {
     let f32_fact = |i: usize| inputs.get(i).is_some_and(|x| x.fact.dtype == Some(DType::F32));
     if !f32_fact(0) || !f32_fact(1) {
         return Ok(None);
@@ -220,7 +224,10 @@ impl Kernel for ConvKernel {
                         MatRef::new(xg, cg, sp)
                     } else {
                         for ci in 0..cg {
-                            self.plane_cols(&xg[ci * sp..(ci + 1) * sp], &mut scratch[ci * nk * no..(ci + 1) * nk * no]);
+                            self.plane_cols(
+                                &xg[ci * sp..(ci + 1) * sp],
+                                &mut scratch[ci * nk * no..(ci + 1) * nk * no],
+                            );
                         }
                         MatRef::new(&scratch[..cg * nk * no], cg * nk, no)
                     };

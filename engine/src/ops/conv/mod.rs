@@ -13,13 +13,13 @@
 //! tables with f64 accumulation, and ConvInteger runs the f64 path on
 //! zero-point-shifted integers (exact: every product and sum fits in 2^53).
 
+use super::fused::FusedActivation;
 use super::{input, opt_input, strides, EvalCtx, InferInput, OpImpl};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::shape::{Dim, Fact, Shape};
 use crate::tensor::{checked_numel, Tensor, MAX_TENSOR_BYTES};
 use crate::{bail, dispatch_float};
-use super::fused::FusedActivation;
 use floe_kernels::gemm::{sgemm, MatRef};
 
 mod kernel;

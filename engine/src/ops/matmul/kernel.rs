@@ -14,7 +14,9 @@ use floe_kernels::gemm::{self, Activation, BSource, Bias, Epilogue, MatRef, Pack
 enum Weights {
     Packed(PackedB),
     /// Input 1, as a `k x n` matrix (transposed view if `trans`).
-    Input { trans: bool },
+    Input {
+        trans: bool,
+    },
 }
 
 /// Where the per-column bias comes from.
