@@ -1,14 +1,32 @@
-//! Threading policy for kernels. A kernel splits its work across threads only
-//! when it runs inside a rayon pool (a `Session` with more than one thread
-//! installs one); called from any other thread it runs serially, so one thread is
-//! the plain, overhead-free case. Splits use `rayon::join` (no heap allocation).
+//! Threading policy for kernels. A session with more than one thread registers
+//! its rayon pool for the calling thread ([`with_pool`]); the session itself runs
+//! on the caller, and only a kernel with enough work to pay for waking other
+//! threads enters the pool. Called from inside a pool, kernels split work across
+//! it; with no pool they run serially, so one thread is the plain, overhead-free
+//! case. Splits use `rayon::join` (no heap allocation).
+
+use rayon::ThreadPool;
+use std::cell::RefCell;
+use std::sync::Arc;
+
+thread_local! {
+    static POOL: RefCell<Option<Arc<ThreadPool>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with `pool` available to the kernels it calls on this thread.
+pub fn with_pool<R>(pool: Option<&Arc<ThreadPool>>, f: impl FnOnce() -> R) -> R {
+    let previous = POOL.with_borrow_mut(|p| std::mem::replace(p, pool.cloned()));
+    let r = f();
+    POOL.with_borrow_mut(|p| *p = previous);
+    r
+}
 
 /// Threads the calling kernel may use.
 pub fn threads() -> usize {
     if rayon::current_thread_index().is_some() {
         rayon::current_num_threads()
     } else {
-        1
+        POOL.with_borrow(|p| p.as_ref().map_or(1, |p| p.current_num_threads()))
     }
 }
 
@@ -25,10 +43,17 @@ pub fn for_each_index(n: usize, f: &(dyn Fn(usize) + Sync)) {
     if n == 0 {
         return;
     }
-    if threads() <= 1 {
-        (0..n).for_each(f);
-    } else {
-        go(0, n, f);
+    if rayon::current_thread_index().is_some() {
+        if rayon::current_num_threads() > 1 {
+            go(0, n, f);
+        } else {
+            (0..n).for_each(f);
+        }
+        return;
+    }
+    match POOL.with_borrow(|p| p.clone()) {
+        Some(pool) if pool.current_num_threads() > 1 => pool.install(|| go(0, n, f)),
+        _ => (0..n).for_each(f),
     }
 }
 
@@ -79,7 +104,14 @@ mod tests {
                 hits[i].fetch_add(1, Ordering::Relaxed);
             })
         });
-        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 2));
+        let pool = Arc::new(pool);
+        with_pool(Some(&pool), || {
+            assert_eq!(threads(), 3);
+            for_each_index(37, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            })
+        });
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 3));
         assert_eq!(threads(), 1);
     }
 }

@@ -1,5 +1,5 @@
 //! [`Session`]: runs a [`Plan`], holding the value slots, the planned buffers and
-//! (with more than one thread) the rayon pool the kernels split work in.
+//! (with more than one thread) the rayon pool large kernels split their work in.
 
 use super::plan::{Plan, Step};
 use crate::error::{Error, Result};
@@ -131,10 +131,9 @@ impl Session {
         inputs: &[Tensor],
         observe: impl FnMut(usize, Duration) + Send,
     ) -> Result<&[Tensor]> {
-        match self.pool.clone() {
-            Some(pool) => pool.install(|| self.run_inner(inputs, observe))?,
-            None => self.run_inner(inputs, observe)?,
-        }
+        // The session runs on the caller's thread; large kernels enter the pool.
+        let pool = self.pool.clone();
+        floe_kernels::parallel::with_pool(pool.as_ref(), || self.run_inner(inputs, observe))?;
         Ok(&self.outputs)
     }
 

@@ -73,8 +73,9 @@ pub fn selected() -> MicroKernel {
 /// Rows at or below which a product streams B instead of packing it.
 pub const SKINNY_ROWS: usize = 4;
 
-/// Products smaller than this (`m * n * k`) run on one thread.
-const PARALLEL_MIN_WORK: usize = 1 << 16;
+/// Products smaller than this (`m * n * k`, about 10 us on one core) run on one
+/// thread: waking the pool costs more than splitting saves.
+const PARALLEL_MIN_WORK: usize = 1 << 20;
 
 /// `c = alpha * a @ b + beta * c` with `c` row-major `m x n` (contiguous), using
 /// the selected micro-kernel.
