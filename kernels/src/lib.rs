@@ -5,6 +5,7 @@
 //! crate, once, so faster kernels drop in without touching the executor.
 
 pub mod arch;
+pub mod attention;
 pub mod elementwise;
 pub mod gemm;
 pub mod math;

@@ -1,0 +1,1 @@
+//! IceFormer k-NN attention (being written; see ../shared/ALGORITHMS.md section 1).
