@@ -49,6 +49,33 @@ pub(crate) fn softmax_row<S: Simd>(s: S, row: &mut [f32]) {
     scale_in_place(s, row, 1.0 / s.reduce_sum(acc));
 }
 
+/// One step of an online softmax on instruction set `S`: with `m = max(prev_max,
+/// max(row))`, replaces `row` by `exp(row - m)` and returns `(m, sum(row))`. A row of
+/// only `-inf` under `prev_max = -inf` becomes zeros and returns `(-inf, 0)`.
+#[inline(always)]
+pub(crate) fn exp_shifted_row<S: Simd>(s: S, row: &mut [f32], prev_max: f32) -> (f32, f32) {
+    let m = if row.is_empty() { prev_max } else { max(s, row).max(prev_max) };
+    if m == f32::NEG_INFINITY {
+        row.fill(0.0);
+        return (m, 0.0);
+    }
+    let mv = s.splat(m);
+    let mut acc = s.splat(0.0);
+    let mut xs = row.chunks_exact_mut(S::LANES);
+    for xv in &mut xs {
+        let e = exp(s, s.sub(s.load(xv), mv));
+        s.store(e, xv);
+        acc = s.add(acc, e);
+    }
+    let tail = xs.into_remainder();
+    if !tail.is_empty() {
+        let e = exp(s, s.sub(load_padded(s, tail, f32::NEG_INFINITY), mv));
+        store_partial(s, e, tail);
+        acc = s.add(acc, e);
+    }
+    (m, s.reduce_sum(acc))
+}
+
 /// Log-softmax of `row` in place, on instruction set `S`.
 #[inline(always)]
 pub(crate) fn log_softmax_row<S: Simd>(s: S, row: &mut [f32]) {

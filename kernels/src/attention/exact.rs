@@ -2,13 +2,13 @@
 //! softmax (the FlashAttention recurrence, Dao et al. 2022, on a CPU's caches).
 //!
 //! Queries go in blocks of [`BLOCK_Q`] rows and keys in blocks of [`BLOCK_K`]. For
-//! each key block the `BLOCK_Q x BLOCK_K` scores come from one small GEMM; each row
-//! keeps its running max `m` and sum `l`, and when the max grows the partial output
-//! is rescaled by `exp(m_old - m_new)`; the block's `exp(s - m)` weights then meet
-//! the values in a second GEMM that accumulates into the output tile. The `L x S`
-//! score matrix never exists: memory is `O(BLOCK_Q * (BLOCK_K + dv))` per thread on
-//! top of the operands. Key blocks no query of the block can see (causal, padding)
-//! are skipped.
+//! each key block the transposed scores `K_blk Q_blk^T` of every query block come
+//! from one small GEMM; each query keeps its running max `m` and sum `l`, and when
+//! the max grows its partial output is rescaled by `exp(m_old - m_new)`; the block's
+//! `exp(s - m)` weights then meet the values in a second GEMM that accumulates into
+//! the output tile. The `L x S` score matrix never exists: memory is
+//! `O(L * dv + BLOCK_Q * BLOCK_K)` per thread on top of the operands. Key blocks no
+//! query of a block can see (causal, padding) are skipped.
 //!
 //! `out_i = sum_j softmax_j(s_ij) v_j` over the keys query `i` sees ([`Visibility`]),
 //! with `s_ij = scale * q_i . k_j`, then `softcap * tanh(s / softcap)` when
@@ -16,7 +16,7 @@
 //! of an empty or all `-inf` row is undefined; ONNX's reference gives NaN too).
 
 use super::{Rows, Visibility};
-use crate::gemm::{self, BSource, Epilogue, MatRef};
+use crate::gemm::{self, BSource, Epilogue, MatRef, PackedA, PackedB};
 use crate::vecmath::{self, Func};
 use std::cell::RefCell;
 
@@ -30,7 +30,14 @@ pub struct HeadParams {
 }
 
 /// Checks operand shapes; returns `(L, S, d, dv)`.
-fn dims(q: &Rows, k: &Rows, v: &Rows, bias: Option<&Rows>, out_len: usize, out_stride: usize) -> (usize, usize, usize, usize) {
+fn dims(
+    q: &Rows,
+    k: &Rows,
+    v: &Rows,
+    bias: Option<&Rows>,
+    out_len: usize,
+    out_stride: usize,
+) -> (usize, usize, usize, usize) {
     let (l, s, d, dv) = (q.rows, k.rows, q.cols, v.cols);
     assert_eq!(k.cols, d, "q and k head sizes differ");
     assert_eq!(v.rows, s, "k and v lengths differ");
@@ -83,9 +90,26 @@ pub const BLOCK_Q: usize = 64;
 pub const BLOCK_K: usize = 256;
 
 thread_local! {
-    /// Tile scratch of this thread: scores, output accumulator, row max, row sum.
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>)> =
-        const { RefCell::new((Vec::new(), Vec::new(), Vec::new(), Vec::new())) };
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Per-thread working memory, kept between calls (no allocation once warm).
+#[derive(Default)]
+struct Scratch {
+    /// One tile of transposed scores / weights, `BLOCK_K x BLOCK_Q` (keys by queries).
+    scores: Vec<f32>,
+    /// Unnormalised transposed output per query block, `[block][dv][bq]`.
+    acc: Vec<f32>,
+    /// Running max and sum of every query, then per-tile column max / sum / correction.
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    col: Vec<f32>,
+    /// The current key block as the left operand of both products (`K_blk` and
+    /// `V_blk^T`), packed once and reused by every query block.
+    k: PackedA,
+    vt: PackedA,
+    /// Every query block transposed (`Q_blk^T`), packed once per call.
+    qt: Vec<PackedB>,
 }
 
 fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
@@ -99,7 +123,13 @@ fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 /// `i * out_stride`. Runs on the calling thread; callers parallelise over heads and
 /// query blocks (pass `q.slice_rows(..)` and a visibility shifted by the block's
 /// first row, see [`Visibility::causal`]). Allocation-free after a thread's first
-/// call.
+/// call of this size.
+///
+/// The tiles are computed transposed (`S^T = K_blk Q_blk^T`, `O^T += V_blk^T P^T`):
+/// both left operands belong to the key block and are packed once for all query
+/// blocks, the weights feed the second product as a row-major right operand without
+/// reshuffling, and the online-softmax bookkeeping runs along rows, across queries,
+/// in full vectors.
 ///
 /// # Panics
 /// If an operand is shorter than its shape claims or shapes disagree.
@@ -112,116 +142,160 @@ pub fn attention_head(
     out: &mut [f32],
     out_stride: usize,
 ) {
-    let (l, s, _d, dv) = dims(&q, &k, &v, bias.as_ref(), out.len(), out_stride);
-    let valid = p.visibility.valid_keys.min(s);
-    let vis = Visibility { valid_keys: valid, ..p.visibility };
+    let (l, s, d, dv) = dims(&q, &k, &v, bias.as_ref(), out.len(), out_stride);
+    if l == 0 {
+        return;
+    }
+    let vis = Visibility { valid_keys: p.visibility.valid_keys.min(s), ..p.visibility };
+    let kernel = gemm::selected();
+    let isa = vecmath::selected();
+    let blocks = l.div_ceil(BLOCK_Q);
     crate::parallel::serial(|| {
-        SCRATCH.with_borrow_mut(|(sc, acc, mx, sum)| {
-            let sc = grow(sc, BLOCK_Q * BLOCK_K);
-            let acc = grow(acc, BLOCK_Q * dv);
-            let (mx, sum) = (grow(mx, BLOCK_Q), grow(sum, BLOCK_Q));
-            for i0 in (0..l).step_by(BLOCK_Q) {
-                let bq = BLOCK_Q.min(l - i0);
-                let tile = Tile { i0, bq, dv, vis };
-                tile.run(&q, &k, &v, bias.as_ref(), p, sc, acc, mx, sum);
-                for r in 0..bq {
-                    let o = &mut out[(i0 + r) * out_stride..][..dv];
-                    // l = 0 (no visible key) gives 0/0 = NaN, the documented result.
-                    let inv = 1.0 / sum[r];
-                    for (o, a) in o.iter_mut().zip(&acc[r * dv..(r + 1) * dv]) {
-                        *o = a * inv;
+        SCRATCH.with_borrow_mut(|sc| {
+            let Scratch { scores, acc, max, sum, col, k: kp, vt, qt } = sc;
+            let scores = grow(scores, BLOCK_Q * BLOCK_K);
+            let acc = grow(acc, blocks * BLOCK_Q * dv);
+            acc.fill(0.0);
+            let (max, sum) = (grow(max, l), grow(sum, l));
+            max.fill(f32::NEG_INFINITY);
+            sum.fill(0.0);
+            let col = grow(col, 3 * BLOCK_Q);
+            if qt.len() < blocks {
+                qt.resize_with(blocks, || PackedB::new(kernel, MatRef::new(&[], 0, 0)));
+            }
+            for (b, packed) in qt[..blocks].iter_mut().enumerate() {
+                let (i0, bq) = (b * BLOCK_Q, BLOCK_Q.min(l - b * BLOCK_Q));
+                let qm =
+                    MatRef { data: &q.data[i0 * q.stride..], rows: bq, cols: d, row_stride: q.stride, col_stride: 1 };
+                packed.repack(kernel, qm.t());
+            }
+            // Visibility is a prefix growing with the query index: the last query sees most.
+            let reach = vis.visible(l - 1);
+            for j0 in (0..reach).step_by(BLOCK_K) {
+                let bk = BLOCK_K.min(reach - j0);
+                kp.repack(
+                    kernel,
+                    MatRef { data: &k.data[j0 * k.stride..], rows: bk, cols: d, row_stride: k.stride, col_stride: 1 },
+                );
+                vt.repack(
+                    kernel,
+                    MatRef { data: &v.data[j0 * v.stride..], rows: bk, cols: dv, row_stride: v.stride, col_stride: 1 }
+                        .t(),
+                );
+                for (b, qb) in qt[..blocks].iter().enumerate() {
+                    let (i0, bq) = (b * BLOCK_Q, BLOCK_Q.min(l - b * BLOCK_Q));
+                    if vis.visible(i0 + bq - 1) <= j0 {
+                        continue; // no query of this block sees key block j0
                     }
+                    let st = &mut scores[..bk * bq];
+                    gemm::sgemm_a_packed(kernel, p.scale, kp, BSource::Packed(qb, 0), 0.0, st, &Epilogue::NONE);
+                    let tile = TileT { i0, bq, j0, vis };
+                    tile.weights(st, bias.as_ref(), p.softcap, &mut max[i0..i0 + bq], &mut sum[i0..i0 + bq], col, isa);
+                    let acc_blk = &mut acc[b * BLOCK_Q * dv..][..dv * bq];
+                    let corr = &col[2 * BLOCK_Q..2 * BLOCK_Q + bq];
+                    if corr.iter().any(|&c| c != 1.0) {
+                        for row in acc_blk.chunks_exact_mut(bq) {
+                            row.iter_mut().zip(corr).for_each(|(a, c)| *a *= c);
+                        }
+                    }
+                    gemm::sgemm_a_packed(
+                        kernel,
+                        1.0,
+                        vt,
+                        BSource::Mat(MatRef::new(st, bk, bq)),
+                        1.0,
+                        acc_blk,
+                        &Epilogue::NONE,
+                    );
+                }
+            }
+            for b in 0..blocks {
+                let (i0, bq) = (b * BLOCK_Q, BLOCK_Q.min(l - b * BLOCK_Q));
+                let acc_blk = &acc[b * BLOCK_Q * dv..][..dv * bq];
+                for r in 0..bq {
+                    // sum = 0 (no visible key) gives 0/0 = NaN, the documented result.
+                    let inv = 1.0 / sum[i0 + r];
+                    let o = &mut out[(i0 + r) * out_stride..][..dv];
+                    o.iter_mut().enumerate().for_each(|(c, o)| *o = acc_blk[c * bq + r] * inv);
                 }
             }
         })
     })
 }
 
-/// One block of query rows `i0 .. i0 + bq`.
-struct Tile {
+/// One transposed tile: keys `j0 .. j0 + rows` by queries `i0 .. i0 + bq`.
+struct TileT {
     i0: usize,
     bq: usize,
-    dv: usize,
+    j0: usize,
     vis: Visibility,
 }
 
-impl Tile {
+impl TileT {
+    /// Turns the scores `st` (`bk x bq`) into online-softmax weights in place,
+    /// updating the queries' running `max` and `sum`; leaves each query's output
+    /// correction `exp(old max - new max)` in `col[2 * BLOCK_Q..]`.
     #[allow(clippy::too_many_arguments)]
-    fn run(
+    fn weights(
         &self,
-        q: &Rows<'_>,
-        k: &Rows<'_>,
-        v: &Rows<'_>,
+        st: &mut [f32],
         bias: Option<&Rows<'_>>,
-        p: &HeadParams,
-        sc: &mut [f32],
-        acc: &mut [f32],
-        mx: &mut [f32],
+        softcap: f32,
+        max: &mut [f32],
         sum: &mut [f32],
+        col: &mut [f32],
+        isa: &vecmath::Isa,
     ) {
-        let (i0, bq, dv) = (self.i0, self.bq, self.dv);
-        let d = q.cols;
-        let acc = &mut acc[..bq * dv];
-        acc.fill(0.0);
-        mx[..bq].fill(f32::NEG_INFINITY);
-        sum[..bq].fill(0.0);
-        // Visibility is a prefix growing with the query index: the last row sees most.
-        let reach = self.vis.visible(i0 + bq - 1);
-        let kernel = gemm::selected();
-        let qm = MatRef { data: &q.data[i0 * q.stride..], rows: bq, cols: d, row_stride: q.stride, col_stride: 1 };
-        let isa = vecmath::selected();
-        for j0 in (0..reach).step_by(BLOCK_K) {
-            let bk = BLOCK_K.min(reach - j0);
-            let kt = MatRef { data: &k.data[j0 * k.stride..], rows: bk, cols: d, row_stride: k.stride, col_stride: 1 }.t();
-            let sc = &mut sc[..bq * bk];
-            gemm::sgemm_ex(kernel, p.scale, qm, BSource::Mat(kt), 0.0, sc, &Epilogue::NONE);
-            if p.softcap > 0.0 {
-                let c = p.softcap;
-                sc.iter_mut().for_each(|x| *x /= c);
-                isa.map_in_place(Func::Tanh, sc);
-                sc.iter_mut().for_each(|x| *x *= c);
-            }
-            for r in 0..bq {
-                let row = &mut sc[r * bk..(r + 1) * bk];
-                if let Some(b) = bias {
-                    for (x, y) in row.iter_mut().zip(&b.row(i0 + r)[j0..j0 + bk]) {
-                        *x += y;
-                    }
-                }
-                let seen = self.vis.visible(i0 + r).saturating_sub(j0).min(bk);
-                row[seen..].fill(f32::NEG_INFINITY);
-                let m_new = row[..seen].iter().copied().fold(mx[r], f32::max);
-                if m_new == f32::NEG_INFINITY {
-                    // Nothing visible yet in this row: contributes nothing.
-                    row.fill(0.0);
-                    continue;
-                }
-                let corr = (mx[r] - m_new).exp();
-                mx[r] = m_new;
-                row.iter_mut().for_each(|x| *x -= m_new);
-                isa.map_in_place(Func::Exp, row);
-                sum[r] = sum[r] * corr + sum_f32(row);
-                if corr != 1.0 {
-                    acc[r * dv..(r + 1) * dv].iter_mut().for_each(|a| *a *= corr);
+        let (i0, bq, j0) = (self.i0, self.bq, self.j0);
+        if softcap > 0.0 {
+            st.iter_mut().for_each(|x| *x /= softcap);
+            isa.map_in_place(Func::Tanh, st);
+            st.iter_mut().for_each(|x| *x *= softcap);
+        }
+        for (j, row) in st.chunks_exact_mut(bq).enumerate() {
+            let key = j0 + j;
+            if let Some(b) = bias {
+                if b.stride == 0 {
+                    let add = b.row(0)[key];
+                    row.iter_mut().for_each(|x| *x += add);
+                } else {
+                    row.iter_mut().enumerate().for_each(|(r, x)| *x += b.data[(i0 + r) * b.stride + key]);
                 }
             }
-            let pm = MatRef::new(sc, bq, bk);
-            let vm = MatRef { data: &v.data[j0 * v.stride..], rows: bk, cols: dv, row_stride: v.stride, col_stride: 1 };
-            gemm::sgemm_ex(kernel, 1.0, pm, BSource::Mat(vm), 1.0, acc, &Epilogue::NONE);
+            // Queries before `first` do not see this key (causal): a prefix of the row.
+            let first = match self.vis.causal_past {
+                Some(past) => key.saturating_sub(past).saturating_sub(i0).min(bq),
+                None => 0,
+            };
+            row[..first].fill(f32::NEG_INFINITY);
+        }
+        let (m_new, rest) = col.split_at_mut(BLOCK_Q);
+        let (col_sum, corr) = rest.split_at_mut(BLOCK_Q);
+        let (m_new, col_sum, corr) = (&mut m_new[..bq], &mut col_sum[..bq], &mut corr[..bq]);
+        m_new.copy_from_slice(max);
+        for row in st.chunks_exact(bq) {
+            m_new.iter_mut().zip(row).for_each(|(m, &x)| *m = m.max(x));
+        }
+        // A query with nothing visible yet keeps max -inf; shifting by 0 then gives
+        // exp(-inf) = 0 weights and a zero correction of its (zero) partial sums.
+        for r in 0..bq {
+            let shift = if m_new[r] == f32::NEG_INFINITY { 0.0 } else { m_new[r] };
+            corr[r] = (max[r] - shift).exp();
+            max[r] = m_new[r];
+            m_new[r] = shift;
+        }
+        for row in st.chunks_exact_mut(bq) {
+            row.iter_mut().zip(m_new.iter()).for_each(|(x, m)| *x -= m);
+        }
+        isa.map_in_place(Func::Exp, st);
+        col_sum.fill(0.0);
+        for row in st.chunks_exact(bq) {
+            col_sum.iter_mut().zip(row).for_each(|(s, x)| *s += x);
+        }
+        for r in 0..bq {
+            sum[r] = sum[r] * corr[r] + col_sum[r];
         }
     }
-}
-
-/// Sum with eight partial sums (vectorises, and rounds better than one running sum).
-fn sum_f32(x: &[f32]) -> f32 {
-    let mut part = [0.0f32; 8];
-    let mut it = x.chunks_exact(8);
-    for c in &mut it {
-        for (p, v) in part.iter_mut().zip(c) {
-            *p += v;
-        }
-    }
-    part.iter().sum::<f32>() + it.remainder().iter().sum::<f32>()
 }
 
 #[cfg(test)]
@@ -247,7 +321,9 @@ mod tests {
     fn tiled_matches_the_f64_reference_on_ragged_shapes_masks_and_strides() {
         let mut rng = Lcg(7);
         // (L, S, d, dv): below, at and across the tile sizes
-        for &(l, s, d, dv) in &[(1usize, 1usize, 4usize, 4usize), (3, 5, 8, 3), (65, 300, 16, 8), (130, 513, 32, 40), (64, 256, 64, 64)] {
+        for &(l, s, d, dv) in
+            &[(1usize, 1usize, 4usize, 4usize), (3, 5, 8, 3), (65, 300, 16, 8), (130, 513, 32, 40), (64, 256, 64, 64)]
+        {
             for causal in [None, Some(0), Some(s.saturating_sub(l))] {
                 for (valid, softcap, with_bias) in [(s, 0.0, false), (s - s / 3, 0.0, true), (s, 2.5, true)] {
                     // strided operands: q and out interleave two heads

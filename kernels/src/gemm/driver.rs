@@ -35,14 +35,22 @@ pub struct PackedB {
 impl PackedB {
     /// Packs `b` (`k x n`, any strides) for `kernel`.
     pub fn new(kernel: MicroKernel, b: MatRef<'_>) -> PackedB {
+        let mut packed = PackedB { kernel, k: 0, n: 0, data: Vec::new() };
+        packed.repack(kernel, b);
+        packed
+    }
+
+    /// Packs `b` in place of what this held, reusing its memory (no allocation once
+    /// it has held a matrix as large): for operands packed once and reused across
+    /// many products, such as an attention key block.
+    pub fn repack(&mut self, kernel: MicroKernel, b: MatRef<'_>) {
         let (k, n, nr) = (b.rows, b.cols, kernel.nr);
-        let mut data = Vec::with_capacity(k * n.div_ceil(nr) * nr);
-        let mut block = Vec::new();
+        self.data.clear();
+        self.data.reserve(k * n.div_ceil(nr) * nr);
         for p0 in (0..k).step_by(KC) {
-            pack_b(b, p0, KC.min(k - p0), 0, n, nr, &mut block);
-            data.extend_from_slice(&block);
+            append_packed_b(b, p0, KC.min(k - p0), 0, n, nr, &mut self.data);
         }
-        PackedB { kernel, k, n, data }
+        (self.kernel, self.k, self.n) = (kernel, k, n);
     }
 
     pub fn kernel(&self) -> MicroKernel {
@@ -112,15 +120,85 @@ impl BSource<'_> {
     }
 }
 
+/// A packed once for one micro-kernel: per `KC`-deep slice, all rows in `MR`-tall
+/// panels laid out `[p][i]` (the layout the driver packs A into for every call).
+/// For a left operand reused across many products (attention's query block).
+#[derive(Clone, Debug, Default)]
+pub struct PackedA {
+    mr: usize,
+    m: usize,
+    k: usize,
+    data: Vec<f32>,
+}
+
+impl PackedA {
+    /// Packs `a` (`m x k`, any strides) for `kernel`, reusing this value's memory.
+    pub fn repack(&mut self, kernel: MicroKernel, a: MatRef<'_>) {
+        let (m, k, mr) = (a.rows, a.cols, kernel.mr);
+        let padded = m.div_ceil(mr) * mr;
+        self.data.clear();
+        self.data.resize(padded * k, 0.0);
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            fill_a_panels(a, 0, m, p0, kc, mr, &mut self.data[p0 * padded..p0 * padded + padded * kc]);
+        }
+        (self.mr, self.m, self.k) = (mr, m, k);
+    }
+
+    pub fn rows(&self) -> usize {
+        self.m
+    }
+
+    /// Panel height (the `MR` of the kernel it was packed for).
+    pub fn mr(&self) -> usize {
+        self.mr
+    }
+
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
+    /// The panels of rows `i0..` (a multiple of `MR`) in slice `p0` of depth `kc`.
+    fn panels(&self, i0: usize, p0: usize, kc: usize) -> &[f32] {
+        let padded = self.m.div_ceil(self.mr) * self.mr;
+        &self.data[p0 * padded + i0 * kc..]
+    }
+}
+
+/// Where A comes from for one call.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ASource<'a> {
+    Mat(MatRef<'a>),
+    Packed(&'a PackedA),
+}
+
 /// Packs rows `i0..i0+mc`, depth `p0..p0+kc` of A into `MR`-tall panels,
 /// each laid out `[p][i]` (zero rows past the edge).
 fn pack_a(a: MatRef<'_>, i0: usize, mc: usize, p0: usize, kc: usize, mr: usize, out: &mut Vec<f32>) {
     out.clear();
     out.resize(mc.div_ceil(mr) * mr * kc, 0.0);
+    fill_a_panels(a, i0, mc, p0, kc, mr, out);
+}
+
+/// Tallest micro-tile packed with the row-interleaving loop.
+const MAX_MR: usize = 16;
+
+/// [`pack_a`] into a zeroed slice of exactly `mc.div_ceil(mr) * mr * kc` floats.
+fn fill_a_panels(a: MatRef<'_>, i0: usize, mc: usize, p0: usize, kc: usize, mr: usize, out: &mut [f32]) {
     for (panel, ir) in out.chunks_exact_mut(kc * mr).zip((0..mc).step_by(mr)) {
         let h = mr.min(mc - ir);
-        if a.col_stride == 1 {
-            // Row-major A: read each row once, scatter it down the panel.
+        if a.col_stride == 1 && h <= MAX_MR {
+            // Row-major A: walk the `h` rows side by side, writing the panel in order.
+            let mut rows: [&[f32]; MAX_MR] = [&[]; MAX_MR];
+            for (i, r) in rows[..h].iter_mut().enumerate() {
+                *r = &a.data[(i0 + ir + i) * a.row_stride + p0..][..kc];
+            }
+            for (p, dst) in panel.chunks_exact_mut(mr).enumerate() {
+                for (d, r) in dst[..h].iter_mut().zip(&rows[..h]) {
+                    *d = r[p];
+                }
+            }
+        } else if a.col_stride == 1 {
             for i in 0..h {
                 let row = &a.data[(i0 + ir + i) * a.row_stride + p0..][..kc];
                 for (dst, &v) in panel[i..].iter_mut().step_by(mr).zip(row) {
@@ -147,6 +225,11 @@ fn pack_a(a: MatRef<'_>, i0: usize, mc: usize, p0: usize, kc: usize, mr: usize, 
 /// each laid out `[p][j]` (zero columns past the edge).
 fn pack_b(b: MatRef<'_>, p0: usize, kc: usize, j0: usize, nc: usize, nr: usize, out: &mut Vec<f32>) {
     out.clear();
+    append_packed_b(b, p0, kc, j0, nc, nr, out);
+}
+
+/// [`pack_b`] appending to `out`.
+fn append_packed_b(b: MatRef<'_>, p0: usize, kc: usize, j0: usize, nc: usize, nr: usize, out: &mut Vec<f32>) {
     for jr in (0..nc).step_by(nr) {
         let w = nr.min(nc - jr);
         for p in 0..kc {
@@ -165,15 +248,23 @@ fn pack_b(b: MatRef<'_>, p0: usize, kc: usize, j0: usize, nc: usize, nr: usize, 
 pub(crate) fn gemm(
     kernel: MicroKernel,
     alpha: f32,
-    a: MatRef<'_>,
+    a: ASource<'_>,
     b: BSource<'_>,
     beta: f32,
     c: &mut CBlock<'_>,
     epi: &Epilogue<'_>,
 ) {
-    let (m, k, n) = (c.rows, a.cols, c.cols);
+    let k = match a {
+        ASource::Mat(am) => am.cols,
+        ASource::Packed(pa) => pa.k,
+    };
+    let (m, n) = (c.rows, c.cols);
     let (mr, nr) = (kernel.mr, kernel.nr);
-    c.scale(beta);
+    // One depth slice and beta = 0: each tile is stored once, no need to clear C first.
+    let overwrite = beta == 0.0 && k > 0 && k <= KC;
+    if !overwrite {
+        c.scale(beta);
+    }
     if k == 0 {
         c.finish_all(epi);
         return;
@@ -195,18 +286,29 @@ pub(crate) fn gemm(
                 };
                 for i0 in (0..m).step_by(mcb) {
                     let mc = mcb.min(m - i0);
-                    pack_a(a, i0, mc, p0, kc, mr, pa);
+                    let a_panels: &[f32] = match a {
+                        ASource::Mat(am) => {
+                            pack_a(am, i0, mc, p0, kc, mr, pa);
+                            pa
+                        }
+                        ASource::Packed(packed) => packed.panels(i0, p0, kc),
+                    };
                     for (jp, jr) in (0..nc).step_by(nr).enumerate() {
                         let bp = &panels[jp * kc * nr..(jp + 1) * kc * nr];
                         let w = nr.min(nc - jr);
                         for (ip, ir) in (0..mc).step_by(mr).enumerate() {
-                            let ap = &pa[ip * kc * mr..(ip + 1) * kc * mr];
+                            let ap = &a_panels[ip * kc * mr..(ip + 1) * kc * mr];
                             (kernel.run)(kc, ap, bp, tile);
                             for i in 0..mr.min(mc - ir) {
                                 let (row, ld) = (i0 + ir + i, c.ld);
                                 let crow = &mut c.row_mut(row)[j0 + jr..j0 + jr + w];
                                 let t = &mut tile[i * nr..i * nr + w];
-                                if last && !epi.is_none() {
+                                if overwrite && epi.is_none() {
+                                    crow.iter_mut().zip(t.iter()).for_each(|(cv, &tv)| *cv = alpha * tv);
+                                } else if overwrite {
+                                    t.iter_mut().for_each(|t| *t *= alpha);
+                                    epi.finish(row, j0 + jr, ld, t, crow);
+                                } else if last && !epi.is_none() {
                                     t.iter_mut().zip(crow.iter()).for_each(|(t, &cv)| *t = alpha * *t + cv);
                                     epi.finish(row, j0 + jr, ld, t, crow);
                                 } else {

@@ -16,7 +16,8 @@ mod epilogue;
 pub mod reference;
 mod skinny;
 
-pub use driver::{BSource, PackedB};
+use driver::ASource;
+pub use driver::{BSource, PackedA, PackedB};
 pub use epilogue::{Activation, Bias, Epilogue};
 pub use reference::MatRef;
 
@@ -93,6 +94,43 @@ pub fn sgemm_packed(alpha: f32, a: MatRef<'_>, b: &PackedB, beta: f32, c: &mut [
     sgemm_ex(b.kernel(), alpha, a, BSource::Packed(b, 0), beta, c, epi)
 }
 
+/// `c = epilogue(alpha * a @ b + beta * c)` with A packed ahead of time (for `kernel`),
+/// on the calling thread: for a left operand reused by many products inside a task
+/// that is already one of many (attention tiles).
+///
+/// # Panics
+/// If shapes disagree or a slice is shorter than its shape claims.
+pub fn sgemm_a_packed(
+    kernel: MicroKernel,
+    alpha: f32,
+    a: &PackedA,
+    b: BSource<'_>,
+    beta: f32,
+    c: &mut [f32],
+    epi: &Epilogue<'_>,
+) {
+    let (k, n) = match b {
+        BSource::Mat(bm) => (bm.rows, bm.cols),
+        BSource::Packed(pb, jp0) => {
+            assert_eq!(jp0, 0, "a packed B is split by the driver only");
+            assert_eq!(pb.kernel().nr, kernel.nr, "B was packed for another kernel");
+            (pb.k(), pb.n())
+        }
+    };
+    let m = a.rows();
+    assert_eq!(a.mr(), kernel.mr, "A was packed for another kernel");
+    assert_eq!(a.cols(), k, "inner dimensions differ");
+    assert!(c.len() >= m * n, "output too small");
+    epi.check(m, n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: `c` holds at least m * n floats (asserted above) and is mutably
+    // borrowed for the whole call, so this block is its only writer.
+    let mut cb = unsafe { CBlock::new(c.as_mut_ptr(), m, n, n) };
+    driver::gemm(kernel, alpha, ASource::Packed(a), b, beta, &mut cb, epi);
+}
+
 /// The general entry point: `c = epilogue(alpha * a @ b + beta * c)`, `c` row-major
 /// `m x n`. Panics if a slice is shorter than its shape claims (callers check shapes).
 pub fn sgemm_ex(
@@ -149,7 +187,7 @@ pub fn sgemm_ex(
         if skinny {
             skinny::gemm(alpha, a_sub, b_sub, beta, &mut cb, &e);
         } else {
-            driver::gemm(kernel, alpha, a_sub, b_sub, beta, &mut cb, &e);
+            driver::gemm(kernel, alpha, ASource::Mat(a_sub), b_sub, beta, &mut cb, &e);
         }
     };
     if parts == 1 {
@@ -456,6 +494,34 @@ mod tests {
                         c[i],
                         want[i]
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn prepacked_a_matches_the_reference_with_and_without_overwrite() {
+        let mut seed = 11u64;
+        let mut vals = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                })
+                .collect()
+        };
+        for kernel in available() {
+            for &(m, k, n) in &[(1, 1, 1), (13, 64, 37), (30, 300, 70), (5, 257, 3)] {
+                let (a, b, c0) = (vals(m * k), vals(k * n), vals(m * n));
+                let mut pa = PackedA::default();
+                pa.repack(kernel, MatRef::new(&a, m, k));
+                let pb = PackedB::new(kernel, MatRef::new(&b, k, n));
+                for beta in [0.0, 1.0, 0.5] {
+                    let (mut got, mut want) = (c0.clone(), c0.clone());
+                    sgemm_a_packed(kernel, 0.7, &pa, BSource::Packed(&pb, 0), beta, &mut got, &Epilogue::NONE);
+                    reference::sgemm(0.7, MatRef::new(&a, m, k), MatRef::new(&b, k, n), beta, &mut want);
+                    let err = got.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+                    assert!(err < 1e-4, "{} {m}x{k}x{n} beta {beta}: {err}", kernel.name);
                 }
             }
         }

@@ -70,6 +70,7 @@ macro_rules! isa_table {
             entry!($tok $(, $features)?, map_ip(f: Func, x: &mut [f32]) = map_func_in_place);
             entry!($tok $(, $features)?, softmax(row: &mut [f32]) = crate::softmax::softmax_row);
             entry!($tok $(, $features)?, log_softmax(row: &mut [f32]) = crate::softmax::log_softmax_row);
+            entry!($tok $(, $features)?, exp_shifted(row: &mut [f32], m: f32) -> (f32, f32) = crate::softmax::exp_shifted_row);
             entry!($tok $(, $features)?, mean_var(x: &[f32]) -> (f32, f32) = crate::norm::mean_var_row);
             entry!($tok $(, $features)?,
                 layer_norm(x: &[f32], g: &[f32], b: Option<&[f32]>, eps: f32, out: &mut [f32]) = crate::norm::layer_norm);
@@ -82,6 +83,7 @@ macro_rules! isa_table {
                 map_in_place: map_ip,
                 softmax,
                 log_softmax,
+                exp_shifted,
                 mean_var,
                 layer_norm,
                 rms_norm,

@@ -76,6 +76,7 @@ pub struct Isa {
     map_in_place: fn(Func, &mut [f32]),
     softmax: fn(&mut [f32]),
     log_softmax: fn(&mut [f32]),
+    exp_shifted: fn(&mut [f32], f32) -> (f32, f32),
     mean_var: fn(&[f32]) -> (f32, f32),
     layer_norm: LayerNormFn,
     rms_norm: fn(&[f32], &[f32], f32, &mut [f32]),
@@ -120,6 +121,12 @@ impl Isa {
     /// [`crate::softmax::log_softmax_f32`] on this instruction set.
     pub fn log_softmax_row(&self, row: &mut [f32]) {
         (self.log_softmax)(row)
+    }
+
+    /// One online-softmax step: with `m = max(prev_max, max(row))`, `row = exp(row - m)`;
+    /// returns `(m, sum(row))` (`(-inf, 0)` and zeros when everything is `-inf`).
+    pub fn exp_shifted_row(&self, row: &mut [f32], prev_max: f32) -> (f32, f32) {
+        (self.exp_shifted)(row, prev_max)
     }
 
     /// [`crate::norm::mean_var`] on this instruction set.
