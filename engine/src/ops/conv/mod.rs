@@ -182,7 +182,7 @@ impl Window {
 
 /// Largest window extent, padded input or output size along one axis. Far above
 /// anything a tensor can hold, and small enough that index arithmetic never overflows.
-const MAX_EXTENT: i128 = 1 << 40;
+const MAX_EXTENT: i128 = crate::tensor::MAX_TENSOR_BYTES as i128;
 
 fn bounded(v: i128, what: &str, axis: usize) -> Result<i128> {
     if v > MAX_EXTENT {

@@ -19,7 +19,9 @@
 //! A row whose every key is masked has no defined softmax; like the ONNX reference,
 //! it comes out as NaN.
 
-use super::{input, opt_input, EvalCtx, InferInput, OpImpl};
+mod kernel;
+
+use super::{input, opt_input, EvalCtx, InferInput, Kernel, OpImpl};
 use crate::dtype::{DType, Element};
 use crate::error::Result;
 use crate::shape::{Dim, Fact, Shape};
@@ -627,6 +629,10 @@ impl OpImpl for AttentionOp {
                 Ok((0..n.min(4)).map(|i| Fact { dtype: dtypes[i], shape: shapes[i].clone().map(Shape) }).collect())
             }
         }
+    }
+
+    fn kernel(&self, inputs: &[InferInput<'_>], outputs: &[Fact]) -> Result<Option<Box<dyn Kernel>>> {
+        Ok(kernel::AttentionKernel::plan(self, inputs, outputs)?.map(|k| Box::new(k) as Box<dyn Kernel>))
     }
 
     fn eval(&self, ctx: &EvalCtx, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
