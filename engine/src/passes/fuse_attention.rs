@@ -317,10 +317,81 @@ fn is_causal_constant(g: &Graph, m: ValueId, target: &[Dim; 4]) -> bool {
     (0..l).all(|i| (0..s).all(|j| v[i * s + j] == if j > i { f64::NEG_INFINITY } else { 0.0 }))
 }
 
-/// How the mask `m` added to the scores is carried, if it can be.
-fn carry_mask(g: &Graph, m: ValueId, target: &[Dim; 4], scores_dtype: Option<DType>) -> Option<Mask> {
+/// `Slice(Shape(x), [-2], [-1])` or `Shape(x, start=-2, end=-1)`: the `x` whose
+/// sequence length this is.
+fn seq_len_source(g: &Graph, v: ValueId) -> Option<ValueId> {
+    let n = producer(g, v)?;
+    let ints = |i: usize| const_of(g, input(g, n, i)?)?.to_i64_vec().ok();
+    let shape_of = match &g.nodes[n].op {
+        Op::Layout(LayoutOp::Shape { start: -2, end: Some(-1) }) => return Some(skip_up(g, input(g, n, 0)?, false)),
+        Op::Layout(LayoutOp::Slice { starts: None, ends: None, axes: None }) => {
+            let default_or = |i: usize, want: i64| input(g, n, i).is_none() || ints(i) == Some(vec![want]);
+            let ok = ints(1)? == [-2] && ints(2)? == [-1] && default_or(3, 0) && default_or(4, 1);
+            producer(g, input(g, n, 0)?).filter(|_| ok)?
+        }
+        _ => return None,
+    };
+    match g.nodes[shape_of].op {
+        Op::Layout(LayoutOp::Shape { start: 0, end: None }) => Some(skip_up(g, input(g, shape_of, 0)?, false)),
+        _ => None,
+    }
+}
+
+/// Whether `v` is the sequence length `len` of `x`: computed from `Shape(x)`, or
+/// already folded to the constant `[len]`.
+fn is_seq_len(g: &Graph, v: ValueId, x: ValueId, len: &Dim) -> bool {
+    match const_of(g, v) {
+        Some(t) => len.fixed().is_some_and(|n| t.to_i64_vec().ok() == Some(vec![n as i64])),
+        None => seq_len_source(g, v) == Some(x),
+    }
+}
+
+/// The causal mask TorchScript builds for `is_causal` while `L` or `S` is still
+/// symbolic (with both known it folds to a constant):
+/// `Where(Equal(Trilu(Expand(1, Concat(L, S)), upper=0), 0), -inf, 0)`, with `L` and
+/// `S` read from the shapes of this block's `q` and `k`.
+fn is_causal_subgraph(g: &Graph, m: ValueId, q: ValueId, k: ValueId, target: &[Dim; 4]) -> Option<()> {
+    let w = producer(g, m)?;
+    let (eq, neg_inf, zero) = (input(g, w, 0)?, input(g, w, 1)?, input(g, w, 2)?);
+    let is_where = matches!(g.nodes[w].op, Op::Elementwise(ElementwiseOp::Where));
+    if !is_where || scalar_const(g, neg_inf)? != f64::NEG_INFINITY || scalar_const(g, zero)? != 0.0 {
+        return None;
+    }
+    let tri = match binary(g, producer(g, eq)?)? {
+        (BinaryOp::Equal, t, z) | (BinaryOp::Equal, z, t) if scalar_const(g, z) == Some(0.0) => t,
+        _ => return None,
+    };
+    let t = producer(g, tri)?;
+    let diag_zero = input(g, t, 1).is_none_or(|d| scalar_const(g, d) == Some(0.0));
+    if !matches!(g.nodes[t].op, Op::Layout(LayoutOp::Trilu { upper: false })) || !diag_zero {
+        return None;
+    }
+    let e = producer(g, input(g, t, 0)?)?;
+    if !matches!(g.nodes[e].op, Op::Layout(LayoutOp::Expand)) || scalar_const(g, input(g, e, 0)?)? != 1.0 {
+        return None;
+    }
+    let c = producer(g, input(g, e, 1)?)?;
+    let [Some(l), Some(s)] = g.nodes[c].inputs[..] else { return None };
+    let ok = matches!(g.nodes[c].op, Op::Layout(LayoutOp::Concat { axis: 0 }))
+        && is_seq_len(g, l, q, &target[2])
+        && is_seq_len(g, s, k, &target[3]);
+    ok.then_some(())
+}
+
+/// How the mask `m` added to the scores is carried, if it can be. `qk` are this
+/// block's 4-D `q` and `k`, for recognising a causal mask built from their shapes.
+fn carry_mask(
+    g: &Graph,
+    m: ValueId,
+    target: &[Dim; 4],
+    scores_dtype: Option<DType>,
+    qk: Option<(ValueId, ValueId)>,
+) -> Option<Mask> {
     if dtype(g, m) != scores_dtype {
         return None;
+    }
+    if qk.is_some_and(|(q, k)| is_causal_subgraph(g, m, q, k, target).is_some()) {
+        return Some(Mask::Causal);
     }
     if let Some(t) = const_of(g, m) {
         if t.to_f64_vec().iter().all(|&x| x == 0.0) && broadcasts_like_the_op(dims(g, m)?, target) {
@@ -352,8 +423,9 @@ fn scores_and_mask(g: &Graph, x: ValueId) -> Vec<(ValueId, Option<ValueId>)> {
 fn match_at(g: &Graph, s: usize) -> Option<Match> {
     let Op::Softmax(SoftmaxOp { kind: SoftmaxKind::Softmax, axis, .. }) = g.nodes[s].op else { return None };
     let x = input(g, s, 0)?;
-    let rank = dims(g, x)?.len() as i64;
-    if rank != 4 || (axis != -1 && axis != 3) {
+    // The scores are 4-D by the operand checks below, and a carried mask keeps them
+    // so; their fact may still be unknown when the mask's shape is.
+    if dims(g, x).is_some_and(|d| d.len() != 4) || (axis != -1 && axis != 3) {
         return None;
     }
     // probabilities -> MatMul(probs, V)
@@ -397,7 +469,13 @@ fn match_scores(
     let target = [b.clone(), h.clone(), l.clone(), s.clone()];
     let mask = match mask {
         None => Mask::None,
-        Some(m) => carry_mask(g, m, &target, dtype(g, qk))?,
+        Some(m) => {
+            let q_and_k = match &key {
+                Key::Heads(k4) => Some((q4, *k4)),
+                Key::SplitOnly { .. } => None,
+            };
+            carry_mask(g, m, &target, dtype(g, qk), q_and_k)?
+        }
     };
     // 3-D form when the head split and merge are all there.
     let split = (|| {
@@ -435,7 +513,11 @@ mod tests {
 
     impl B {
         fn input(&mut self, name: &str, dtype: DType, shape: &[usize]) -> ValueId {
-            let v = self.g.add_value(name, Fact::new(dtype, Shape::fixed(shape)));
+            self.input_dims(name, dtype, shape.iter().map(|&d| Dim::Fixed(d)).collect())
+        }
+
+        fn input_dims(&mut self, name: &str, dtype: DType, dims: Vec<Dim>) -> ValueId {
+            let v = self.g.add_value(name, Fact::new(dtype, Shape(dims)));
             self.g.inputs.push(v);
             v
         }
@@ -515,13 +597,15 @@ mod tests {
         }
     }
 
-    fn random_inputs(g: &Graph, seed: u64) -> Vec<Tensor> {
+    /// Random inputs for `g`, with symbolic dims bound by `bind`.
+    fn random_inputs(g: &Graph, seed: u64, bind: &[(&str, usize)]) -> Vec<Tensor> {
         let mut rng = Rng(seed);
+        let symbols: std::collections::HashMap<String, usize> = bind.iter().map(|&(s, n)| (s.to_string(), n)).collect();
         g.inputs
             .iter()
             .map(|&i| {
                 let f = &g.values[i].fact;
-                let shape = f.shape.as_ref().unwrap().as_fixed().unwrap();
+                let shape = f.shape.as_ref().unwrap().bind(&symbols).as_fixed().unwrap();
                 if f.dtype == Some(DType::Bool) {
                     // Key 0 always visible: a fully masked row has no defined softmax.
                     let n: usize = shape.iter().product();
@@ -551,6 +635,11 @@ mod tests {
     /// remains when `no_transpose`), and that outputs match the unfused graph on
     /// random inputs. Returns the fused graph.
     fn fuses_with_same_outputs(g: &Graph, no_transpose: bool) -> Graph {
+        fuses_with_same_outputs_bound(g, no_transpose, &[])
+    }
+
+    /// [`fuses_with_same_outputs`] for a graph with symbolic dims, run with `bind`.
+    fn fuses_with_same_outputs_bound(g: &Graph, no_transpose: bool, bind: &[(&str, usize)]) -> Graph {
         let mut f = g.clone();
         assert_eq!(fuse_attention(&mut f), 1);
         remove_dead_nodes(&mut f);
@@ -562,7 +651,7 @@ mod tests {
             assert!(!names.contains(&"Transpose"), "{names:?}");
         }
         for seed in [7, 99] {
-            let inputs = random_inputs(g, seed);
+            let inputs = random_inputs(g, seed, bind);
             let (want, got) = (run_graph(g, inputs.clone()).unwrap(), run_graph(&f, inputs).unwrap());
             assert_eq!(want.len(), got.len());
             for (a, b) in got.iter().zip(&want) {
@@ -670,11 +759,17 @@ mod tests {
     /// `F.scaled_dot_product_attention(q, k, v, mask?, is_causal?)` as
     /// torch/onnx/symbolic_opset14.py exports it, on 4-D `[1, 2, L, 8]` / `[1, 2, S, 8]`.
     fn sdpa(l: usize, s: usize, bool_mask: bool, causal_k: Option<i64>) -> Graph {
+        sdpa_dims(Dim::Fixed(l), Dim::Fixed(s), bool_mask, causal_k)
+    }
+
+    fn sdpa_dims(l: Dim, s: Dim, bool_mask: bool, causal_k: Option<i64>) -> Graph {
         let mut b = B::default();
-        let q = b.input("q", DType::F32, &[1, 2, l, 8]);
-        let k = b.input("k", DType::F32, &[1, 2, s, 8]);
-        let v = b.input("v", DType::F32, &[1, 2, s, 8]);
-        let m = bool_mask.then(|| b.input("mask", DType::Bool, &[1, 1, 1, s]));
+        let heads = |n: Dim| vec![Dim::Fixed(1), Dim::Fixed(2), n, Dim::Fixed(8)];
+        let q = b.input_dims("q", DType::F32, heads(l));
+        let k = b.input_dims("k", DType::F32, heads(s.clone()));
+        let v = b.input_dims("v", DType::F32, heads(s.clone()));
+        let m =
+            bool_mask.then(|| b.input_dims("mask", DType::Bool, vec![Dim::Fixed(1), Dim::Fixed(1), Dim::Fixed(1), s]));
         // scale = 1 / sqrt(Cast(Slice(Shape(q), -1)))
         let e = b.shape_slice(q, -1, i64::MAX);
         let e = b.op(LayoutOp::Cast { to: DType::F32 }, &[e]);
@@ -729,6 +824,26 @@ mod tests {
             assert!(attr(&f).0, "L={l} S={s}");
             assert_eq!(attr(&f).3, 3, "no mask input besides is_causal");
         }
+    }
+
+    #[test]
+    fn sdpa_causal_export_with_symbolic_lengths_is_recognised_from_its_subgraph() {
+        let (l, s) = (Dim::Sym("L".into()), Dim::Sym("S".into()));
+        let g = sdpa_dims(l.clone(), s.clone(), false, Some(0));
+        assert!(g.nodes.iter().any(|n| n.op.name() == "Trilu"), "the mask must still be computed");
+        for bind in [[("L", 5), ("S", 5)], [("L", 3), ("S", 6)]] {
+            let f = fuses_with_same_outputs_bound(&g, true, &bind);
+            assert!(attr(&f).0);
+            assert_eq!(attr(&f).3, 3, "no mask input besides is_causal");
+        }
+        // The same triangle over [S, S] (both lengths read from k) is not causal
+        // over [L, S], and a mask of unknown shape is not carried at all.
+        let mut g = sdpa_dims(l, s, false, Some(0));
+        let shape_of_k = g.nodes.iter().filter(|n| n.op.name() == "Shape").nth(1).unwrap().inputs[0];
+        for n in g.nodes.iter_mut().filter(|n| n.op.name() == "Shape") {
+            n.inputs[0] = shape_of_k;
+        }
+        assert_eq!(fuse_attention(&mut g), 0);
     }
 
     #[test]
