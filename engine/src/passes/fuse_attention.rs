@@ -56,8 +56,8 @@ struct Match {
     q: ValueId,
     k: ValueId,
     v: ValueId,
-    /// `Some(heads)`: 3-D inputs `[B, L, heads * d]`.
-    heads: Option<usize>,
+    /// `Some((q_heads, kv_heads))`: 3-D inputs `[B, L, heads * d]`.
+    heads: Option<(usize, usize)>,
     mask: Mask,
     scale: f64,
 }
@@ -76,8 +76,8 @@ pub fn fuse_attention(g: &mut Graph) -> usize {
         let n = &mut g.nodes[m.out_node];
         n.op = AttentionOp::Attention {
             is_causal,
-            q_num_heads: m.heads,
-            kv_num_heads: m.heads,
+            q_num_heads: m.heads.map(|h| h.0),
+            kv_num_heads: m.heads.map(|h| h.1),
             scale: Some(m.scale as f32),
             softcap: 0.0,
             qk_output: QkOutput::Raw,
@@ -251,6 +251,35 @@ fn heads_merged(g: &Graph, y4: ValueId) -> Option<usize> {
     let [b2, l2, e] = to else { return None };
     let merged = e.fixed().is_some_and(|e| Some(e) == h.fixed().zip(dv.fixed()).map(|(h, d)| h * d));
     (same(b, b2) && same(l, l2) && merged).then_some(r)
+}
+
+/// `x4` repeated along heads the way HF's `repeat_kv` and ONNX's own Attention
+/// function do it, `Reshape(Expand(Unsqueeze(kv, 2), [B, Hkv, G, S, d]), [B, Hkv * G, S, d])`
+/// with a constant Expand shape: the `[B, Hkv, S, d]` operand, which the op reads as
+/// grouped-query K or V.
+fn unrepeated_kv(g: &Graph, x4: ValueId) -> Option<ValueId> {
+    let r = producer(g, skip_up(g, x4, false))?;
+    let e = producer(g, skip_up(g, input(g, r, 0)?, false))?;
+    let u = producer(g, skip_up(g, input(g, e, 0)?, false))?;
+    let axes = match &g.nodes[u].op {
+        Op::Layout(LayoutOp::Unsqueeze { axes: Some(a) }) => a.clone(),
+        Op::Layout(LayoutOp::Unsqueeze { axes: None }) => const_of(g, input(g, u, 1)?)?.to_i64_vec().ok()?,
+        _ => return None,
+    };
+    let ops_ok = matches!(g.nodes[r].op, Op::Layout(LayoutOp::Reshape { .. }))
+        && matches!(g.nodes[e].op, Op::Layout(LayoutOp::Expand))
+        && (axes == [2] || axes == [-3]);
+    let kv = input(g, u, 0)?;
+    let to = const_of(g, input(g, e, 1)?)?.to_i64_vec().ok()?;
+    let ([b, h, s, d], [b4, hq, s4, d4], &[t0, t1, group, t3, t4]) = (dims(g, kv)?, dims(g, x4)?, to.as_slice()) else {
+        return None;
+    };
+    // Only the inserted axis grows; every other one keeps its size (1 or equal).
+    let keeps = |t: i64, d: &Dim| t == 1 || d.fixed().is_some_and(|n| n as i64 == t);
+    let heads_ok = h.fixed().zip(hq.fixed()).is_some_and(|(h, hq)| group > 0 && h * group as usize == hq);
+    let kept = keeps(t0, b) && keeps(t1, h) && keeps(t3, s) && keeps(t4, d);
+    let same_dims = same(b, b4) && same(s, s4) && same(d, d4);
+    (ops_ok && heads_ok && kept && same_dims).then_some(kv)
 }
 
 /// Key operand: `[B, H, S, d]` as a value, or (for `Transpose(k_split, [0,2,3,1])`)
@@ -477,6 +506,16 @@ fn match_scores(
             carry_mask(g, m, &target, dtype(g, qk), q_and_k)?
         }
     };
+    // Grouped-query K and V repeated to the query heads are read before the repeat.
+    let (key, v4) = match key {
+        Key::Heads(k4) => match (unrepeated_kv(g, k4), unrepeated_kv(g, v4)) {
+            (Some(k), Some(v)) if dims(g, k).zip(dims(g, v)).is_some_and(|(k, v)| same(&k[1], &v[1])) => {
+                (Key::Heads(k), v)
+            }
+            _ => (Key::Heads(k4), v4),
+        },
+        split_only => (split_only, v4),
+    };
     // 3-D form when the head split and merge are all there.
     let split = (|| {
         let (q3, hq) = heads_of(g, q4)?;
@@ -486,7 +525,7 @@ fn match_scores(
         };
         let (v3, hv) = heads_of(g, v4)?;
         let merge = heads_merged(g, y4)?;
-        (hq == hk && hk == hv).then_some((q3, k3, v3, hq, merge))
+        (hk == hv && hq.is_multiple_of(hk)).then_some((q3, k3, v3, (hq, hk), merge))
     })();
     if let Some((q, k, v, heads, out_node)) = split {
         return Some(Match { out_node, q, k, v, heads: Some(heads), mask, scale });
@@ -708,6 +747,43 @@ mod tests {
         let f = fuses_with_same_outputs(&hf_eager(-1, false), true);
         let (causal, heads, scale, n_in) = attr(&f);
         assert_eq!((causal, heads, scale, n_in), (false, Some(4), Some(0.5), 4));
+    }
+
+    #[test]
+    fn repeated_kv_heads_become_grouped_query_attention() {
+        // Llama eager: 4 query heads over 2 kv heads, repeat_kv as
+        // Reshape(Expand(Unsqueeze(kv, 2), [B, 2, 2, S, d]), [B, 4, S, d]).
+        let mut b = B::default();
+        let q3 = b.input("q", DType::F32, &[1, 5, 32]);
+        let k3 = b.input("k", DType::F32, &[1, 6, 16]);
+        let v3 = b.input("v", DType::F32, &[1, 6, 16]);
+        let bias = b.input("bias", DType::F32, &[1, 1, 5, 6]);
+        let q = b.split_heads(q3, 4, 8, &[0, 2, 1, 3]);
+        let mut kv = Vec::new();
+        for x in [k3, v3] {
+            let x = b.split_heads(x, 2, 8, &[0, 2, 1, 3]);
+            let ax = b.ints(&[2]);
+            let u = b.op(LayoutOp::Unsqueeze { axes: None }, &[x, ax]);
+            let shape = b.ints(&[1, 2, 2, 6, 8]);
+            let e = b.op(LayoutOp::Expand, &[u, shape]);
+            let shape = b.ints(&[1, 4, 6, 8]);
+            kv.push(b.op(LayoutOp::Reshape { allowzero: false }, &[e, shape]));
+        }
+        let kt = b.transpose(kv[0], &[0, 1, 3, 2]);
+        let qk = b.matmul(q, kt);
+        let c = b.f(1.0 / 8f32.sqrt());
+        let s = b.bin(BinaryOp::Mul, qk, c);
+        let s = b.bin(BinaryOp::Add, s, bias);
+        let p = b.softmax(s, -1);
+        let y = b.matmul(p, kv[1]);
+        let y = b.merge_heads(y, 32);
+        let g = b.finish(&[y]);
+        let f = fuses_with_same_outputs(&g, true);
+        let names: Vec<&str> = f.nodes.iter().map(|n| n.op.name()).collect();
+        assert!(!names.contains(&"Expand"), "{names:?}");
+        let Op::Attention(AttentionOp::Attention { q_num_heads, kv_num_heads, .. }) = &f.nodes[0].op else { panic!() };
+        assert_eq!((*q_num_heads, *kv_num_heads), (Some(4), Some(2)));
+        assert_eq!(f.nodes[0].inputs, [Some(q3), Some(k3), Some(v3), Some(bias)]);
     }
 
     #[test]
