@@ -10,9 +10,15 @@
 //!   already transposed by `Transpose(Reshape(k), [0,2,3,1])`), then `Div(√d)` or
 //!   `Mul(1/√d)`; scalar factors on either MatMul operand are folded in as well.
 //! - P2, TorchScript's export of `F.scaled_dot_product_attention`
-//!   (torch/onnx/symbolic_opset14.py): `Mul(Q, √s)` and `Mul(Transpose(K), √s)`,
-//!   a bool mask as `Where(mask, 0, -inf)`, `is_causal` as a folded lower-triangular
-//!   0 / -inf constant (recognised exactly, otherwise kept as a float mask).
+//!   (torch/onnx/symbolic_opset14.py): `Mul(Q, √s)` and `Mul(Transpose(K), √s)`
+//!   (scale `s = √s²`), a bool mask as `Where(mask, 0, -inf)` (the op reads `mask`
+//!   itself), `is_causal` as `Where(Equal(Trilu(Expand(1, [L, S])), 0), -inf, 0)`:
+//!   with `L`, `S` fixed it folds to a constant that becomes `is_causal` only if it is
+//!   exactly the upper-left triangle (any other constant stays a float mask); with
+//!   them symbolic the subgraph itself is recognised, its lengths traced to the
+//!   shapes of this block's Q and K.
+//! - ONNX's own function body of `Attention` (the `_expanded` conformance cases) is
+//!   the same shape of graph, and fuses back (softcap and `qk_matmul_output` do not).
 //! - A mask is carried only if it broadcasts to `[B, H, L, S]` the way the ONNX op
 //!   reads it (rank 1..=4, right-aligned, last dim exactly `S`: the op pads a
 //!   shorter one with -inf instead of broadcasting it).
@@ -20,6 +26,8 @@
 //!   and the merge (`Transpose [0,2,1,3]` + `Reshape [B,L,H*d]`) on the output,
 //!   the 3-D form of the op is emitted and the transposes disappear; otherwise the
 //!   4-D form.
+//! - K and V repeated to the query heads (`repeat_kv`: `Unsqueeze(kv, 2)`, `Expand`
+//!   by a constant shape, `Reshape`) are read un-repeated as grouped-query heads.
 //!
 //! Every intermediate (scores, masked scores, probabilities) must feed only the
 //! next step: anything else reading them means the pattern does not fire. The
