@@ -128,13 +128,14 @@ def gelu(b, x, decomposed):
     return b.op("Mul", [b.op("Mul", [x, b.op("Add", [e, b.const("one", np.array(1.0, np.float32))])]), b.const("half", np.array(0.5, np.float32))])
 
 
-def split_heads(b, x, heads, dh):
-    """[1, S, D] -> [1, H, S, dh] via Shape -> Gather -> Concat -> Reshape, as exported."""
+def split_heads(b, x, heads, dh, perm=(0, 2, 1, 3)):
+    """[1, S, D] -> [1, H, S, dh] via Shape -> Gather -> Concat -> Reshape, as exported
+    (perm [0, 2, 3, 1] gives the key already transposed, [1, H, dh, S])."""
     shape = b.op("Shape", [x])
     bsz = b.op("Unsqueeze", [b.op("Gather", [shape, b.const("i0", np.array(0, np.int64))], axis=0), b.const("ax0", np.array([0], np.int64))])
     seq = b.op("Unsqueeze", [b.op("Gather", [shape, b.const("i1", np.array(1, np.int64))], axis=0), b.const("ax0", np.array([0], np.int64))])
     new_shape = b.op("Concat", [bsz, seq, b.const("h", np.array([heads], np.int64)), b.const("dh", np.array([dh], np.int64))], axis=0)
-    return b.op("Transpose", [b.op("Reshape", [x, new_shape])], perm=[0, 2, 1, 3])
+    return b.op("Transpose", [b.op("Reshape", [x, new_shape])], perm=list(perm))
 
 
 def encoder_layer(b, x, mask_add, d, heads, ffn, decomposed):
@@ -176,6 +177,107 @@ def transformer_encoder():
     save("transformer_encoder", g, 20, {"hidden": rng.standard_normal((1, s, d)).astype(np.float32), "attention_mask": mask})
 
 
+def projections(b, x, d, names=("q", "k", "v")):
+    return [b.op("Add", [b.op("MatMul", [x, b.weight(n + "_w", [d, d])]), b.weight(n + "_b", [d], 0.02)]) for n in names]
+
+
+def attention_p1():
+    """HF eager self-attention (BERT-style) with the variations exporters produce: the
+    key split straight into [B, H, dh, S] by Transpose [0, 2, 3, 1], the scale as
+    Mul(1/sqrt(dh), scores) with the constant first, the merge shape computed from
+    Shape(hidden), and the (1 - mask) * -10000 padding bias. Fused: one 3-D Attention."""
+    b = Builder(6)
+    d, heads = 32, 4
+    dh = d // heads
+    q, k, v = projections(b, "hidden", d)
+    q = split_heads(b, q, heads, dh)
+    kt = split_heads(b, k, heads, dh, perm=(0, 2, 3, 1))
+    v = split_heads(b, v, heads, dh)
+    scores = b.op("Mul", [b.const("inv_sqrt_dh", np.array(1 / np.sqrt(dh), np.float32)), b.op("MatMul", [q, kt])])
+    m = b.op("Unsqueeze", ["attention_mask", b.const("ax12", np.array([1, 2], np.int64))])
+    m = b.op("Mul", [b.op("Sub", [b.const("one", np.array(1.0, np.float32)), m]), b.const("neg", np.array(-10000.0, np.float32))])
+    probs = b.op("Softmax", [b.op("Add", [scores, m])], axis=-1)
+    ctx = b.op("Transpose", [b.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
+    shape = b.op("Shape", ["hidden"])
+    merged = b.op("Concat", [b.op("Slice", [shape, b.const("s0", np.array([0], np.int64)), b.const("s2", np.array([2], np.int64))]),
+                             b.const("d", np.array([d], np.int64))], axis=0)
+    ctx = b.op("Reshape", [ctx, merged])
+    b.nodes.append(helper.make_node("MatMul", [ctx, b.weight("o_w", [d, d])], ["out"], name="o_proj"))
+    g = helper.make_graph(b.nodes, "attention_p1",
+                          [helper.make_tensor_value_info("hidden", F, [1, "S", d]), helper.make_tensor_value_info("attention_mask", F, [1, "S"])],
+                          [helper.make_tensor_value_info("out", F, [1, "S", d])], b.inits)
+    rng = np.random.default_rng(15)
+    s = 10
+    mask = np.ones((1, s), np.float32)
+    mask[0, 7:] = 0.0
+    save("attention_p1", g, 17, {"hidden": rng.standard_normal((1, s, d)).astype(np.float32), "attention_mask": mask})
+
+
+def sdpa(b, q, k, v, attn_mask=None, is_causal=False, scale=None):
+    """F.scaled_dot_product_attention as torch/onnx/symbolic_opset14.py exports it."""
+    if scale is None:
+        # 1 / sqrt(q.size(-1))
+        e = b.op("Slice", [b.op("Shape", [q]), b.const("m1", np.array([-1], np.int64)), b.const("max", np.array([2**63 - 1], np.int64))])
+        scale = b.op("Div", [b.const("one", np.array([1.0], np.float32)), b.op("Sqrt", [b.op("Cast", [e], to=F)])])
+    else:
+        scale = b.const("scale", np.array(scale, np.float32))
+    zero, neg_inf = b.const("zero", np.array([0.0], np.float32)), b.const("neg_inf", np.array([-np.inf], np.float32))
+    if is_causal:
+        last, second_last = b.const("m1", np.array([-1], np.int64)), b.const("m2", np.array([-2], np.int64))
+        size = b.op("Concat", [b.op("Slice", [b.op("Shape", [q]), second_last, last]), b.op("Slice", [b.op("Shape", [k]), second_last, last])], axis=0)
+        ones = b.op("Trilu", [b.op("Expand", [b.const("ones", np.array([1.0], np.float32)), size])], upper=0)
+        attn_mask = b.op("Where", [b.op("Equal", [ones, zero]), neg_inf, zero])
+    elif attn_mask is not None and attn_mask[1] == "bool":
+        attn_mask = b.op("Where", [attn_mask[0], zero, neg_inf])
+    elif attn_mask is not None:
+        attn_mask = attn_mask[0]
+    kt = b.op("Transpose", [k], perm=[0, 1, 3, 2])
+    qk = b.op("MatMul", [b.op("Mul", [q, b.op("Sqrt", [scale])]), b.op("Mul", [kt, b.op("Sqrt", [scale])])])
+    if attn_mask is not None:
+        qk = b.op("Add", [qk, attn_mask])
+    return b.op("MatMul", [b.op("Softmax", [qk], axis=-1), v])
+
+
+def attention_sdpa():
+    """A torch module calling F.scaled_dot_product_attention with a bool key-padding
+    mask, exported by the TorchScript exporter with static shapes: projections,
+    view + transpose head split and merge, default scale subgraph. Fused: one 3-D
+    Attention reading the bool mask."""
+    b = Builder(7)
+    n, s, d, heads = 2, 8, 32, 4
+    dh = d // heads
+    split = b.const("split", np.array([n, s, heads, dh], np.int64))
+    q, k, v = (b.op("Transpose", [b.op("Reshape", [t, split])], perm=[0, 2, 1, 3]) for t in projections(b, "x", d))
+    keep = b.op("Unsqueeze", ["keep", b.const("ax12", np.array([1, 2], np.int64))])
+    y = sdpa(b, q, k, v, attn_mask=(keep, "bool"))
+    y = b.op("Reshape", [b.op("Transpose", [y], perm=[0, 2, 1, 3]), b.const("merge", np.array([n, s, d], np.int64))])
+    b.nodes.append(helper.make_node("MatMul", [y, b.weight("o_w", [d, d])], ["out"], name="o_proj"))
+    g = helper.make_graph(b.nodes, "attention_sdpa",
+                          [helper.make_tensor_value_info("x", F, [n, s, d]), helper.make_tensor_value_info("keep", TensorProto.BOOL, [n, s])],
+                          [helper.make_tensor_value_info("out", F, [n, s, d])], b.inits)
+    rng = np.random.default_rng(16)
+    keep = np.ones((n, s), bool)
+    keep[0, 5:] = False
+    keep[1, 2] = False
+    save("attention_sdpa", g, 14, {"x": rng.standard_normal((n, s, d)).astype(np.float32), "keep": keep})
+
+
+def attention_sdpa_causal():
+    """F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.2) on 4-D
+    inputs with fewer queries than keys, TorchScript export with static shapes: the
+    Expand -> Trilu -> Where(Equal) mask folds to the upper-left causal triangle.
+    Fused: one 4-D Attention with is_causal and no mask input."""
+    b = Builder(8)
+    qs, ks = [1, 2, 6, 8], [1, 2, 9, 8]
+    y = sdpa(b, "q", "k", "v", is_causal=True, scale=0.2)
+    b.nodes.append(helper.make_node("Identity", [y], ["y"], name="out"))
+    g = helper.make_graph(b.nodes, "attention_sdpa_causal",
+                          [helper.make_tensor_value_info("q", F, qs), helper.make_tensor_value_info("k", F, ks), helper.make_tensor_value_info("v", F, ks)],
+                          [helper.make_tensor_value_info("y", F, qs)], b.inits)
+    rng = np.random.default_rng(17)
+    save("attention_sdpa_causal", g, 14, {n: rng.standard_normal(sh).astype(np.float32) for n, sh in (("q", qs), ("k", ks), ("v", ks))})
+
+
 def rnn_model(kind):
     b = Builder(4 if kind == "GRU" else 5)
     hidden, feat, gates = 16, 8, (3 if kind == "GRU" else 4)
@@ -204,4 +306,7 @@ if __name__ == "__main__":
     transformer_encoder()
     rnn_model("GRU")
     rnn_model("LSTM")
+    attention_p1()
+    attention_sdpa()
+    attention_sdpa_causal()
     sys.exit(0)

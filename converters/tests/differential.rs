@@ -2,7 +2,8 @@
 //! outputs from onnxruntime (committed .npy files). floe must match within 1e-4.
 
 use floe_engine::exec::Bindings;
-use floe_engine::{npy, Plan, Session, Tensor};
+use floe_engine::ops::attention::AttentionOp;
+use floe_engine::{npy, Graph, Op, Plan, Session, Tensor};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,12 +22,16 @@ fn files(dir: &Path, prefix: &str) -> Vec<PathBuf> {
 }
 
 fn check_model(name: &str) {
-    let dir = models_dir();
-    let model = floe_convert::load(dir.join(format!("{name}.onnx"))).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let data = dir.join(name);
+    let model = floe_convert::load(models_dir().join(format!("{name}.onnx"))).unwrap_or_else(|e| panic!("{name}: {e}"));
+    check_graph(name, &model.graph);
+}
+
+/// Runs `g` (imported from model `name`, maybe optimised) on the reference inputs
+/// and compares with onnxruntime's outputs.
+fn check_graph(name: &str, g: &Graph) {
+    let data = models_dir().join(name);
     let inputs: Vec<Tensor> = files(&data, "input_").iter().map(|p| npy::read(p).unwrap()).collect();
     let wants: Vec<Tensor> = files(&data, "output_").iter().map(|p| npy::read(p).unwrap()).collect();
-    let g = &model.graph;
     let mut b = Bindings::default();
     for (&id, t) in g.inputs.iter().zip(&inputs) {
         b.shapes.insert(g.values[id].name.clone(), t.shape().to_vec());
@@ -80,4 +85,76 @@ fn transformer_shape_chains_fold_to_constants_when_shapes_are_bound() {
     let b = Bindings::default().with_symbol("S", 24);
     let plan = Plan::new(g, &b).unwrap();
     assert_eq!(shape_nodes(plan.graph()), 0, "shape arithmetic left in the plan");
+}
+
+#[test]
+fn attention_p1_matches_onnxruntime() {
+    check_model("attention_p1");
+}
+
+#[test]
+fn attention_sdpa_matches_onnxruntime() {
+    check_model("attention_sdpa");
+}
+
+#[test]
+fn attention_sdpa_causal_matches_onnxruntime() {
+    check_model("attention_sdpa_causal");
+}
+
+/// Runs the conversion pipeline on model `name`, checks that it left `n` Attention
+/// nodes and no Softmax, and that the optimised graph still matches onnxruntime.
+/// Returns the Attention ops and the node counts before and after.
+fn fused(name: &str, n: usize) -> (Vec<AttentionOp>, usize, usize) {
+    let mut g = floe_convert::load(models_dir().join(format!("{name}.onnx"))).unwrap().graph;
+    let before = g.nodes.len();
+    let log = floe_convert::pipeline::optimize(&mut g).unwrap();
+    let ops: Vec<AttentionOp> = g
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::Attention(a) => Some(a.clone()),
+            _ => None,
+        })
+        .collect();
+    let hist = g.op_histogram();
+    assert_eq!(ops.len(), n, "{name}: {hist:?} ({log:?})");
+    assert!(!hist.contains_key("Softmax"), "{name}: {hist:?}");
+    check_graph(name, &g);
+    (ops, before, g.nodes.len())
+}
+
+fn heads_and_causal(a: &AttentionOp) -> (Option<usize>, bool) {
+    match a {
+        AttentionOp::Attention { q_num_heads, is_causal, .. } => (*q_num_heads, *is_causal),
+        _ => (None, false),
+    }
+}
+
+#[test]
+fn attention_p1_fuses_to_3d_attention_and_still_matches_onnxruntime() {
+    let (ops, _, _) = fused("attention_p1", 1);
+    assert_eq!(heads_and_causal(&ops[0]), (Some(4), false));
+}
+
+#[test]
+fn attention_sdpa_fuses_to_3d_attention_and_still_matches_onnxruntime() {
+    let (ops, _, _) = fused("attention_sdpa", 1);
+    assert_eq!(heads_and_causal(&ops[0]), (Some(4), false));
+}
+
+#[test]
+fn attention_sdpa_causal_fuses_to_causal_attention_and_still_matches_onnxruntime() {
+    let (ops, _, _) = fused("attention_sdpa_causal", 1);
+    assert_eq!(heads_and_causal(&ops[0]), (None, true));
+}
+
+#[test]
+fn transformer_encoder_fuses_both_attention_blocks_without_transposes() {
+    let mut g = floe_convert::load(models_dir().join("transformer_encoder.onnx")).unwrap().graph;
+    let (ops, before, after) = fused("transformer_encoder", 2);
+    assert!(ops.iter().all(|a| heads_and_causal(a) == (Some(4), false)));
+    floe_convert::pipeline::optimize(&mut g).unwrap();
+    assert!(!g.op_histogram().contains_key("Transpose"), "{:?}", g.op_histogram());
+    println!("transformer_encoder: {before} nodes imported, {after} after optimize");
 }
