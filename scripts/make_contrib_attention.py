@@ -182,6 +182,27 @@ def attention_models():
     y = sdpa(heads(q1, N), kk, vv, add=mask_2d(mt), causal_past=P)[0]
     save(m, {"input": x1, "mask_index": mt, "past": past}, [y, np.stack([kk, vv])])
 
+    # As ORT's optimizer emits it for BERT: mask_index = Cast(ReduceSum(attention_mask)), an
+    # intermediate value without value_info, so the importer must infer that it is 1-D.
+    am = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], np.int64)
+    nodes = [
+        helper.make_node("ReduceSum", ["attention_mask", "axes"], ["lengths"], name="lengths", keepdims=0),
+        helper.make_node("Cast", ["lengths"], ["mask_index"], name="to_int32", to=I32),
+        helper.make_node("Attention", ins[:4], ["output"], name="attention_inferred_mask", domain=MS, num_heads=N),
+    ]
+    g = helper.make_graph(
+        nodes, "attention_inferred_mask_rank",
+        [helper.make_tensor_value_info("input", F, ["batch", "seq", HIN]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_value_info("output", helper.make_tensor_type_proto(F, None))],
+        [numpy_helper.from_array(w, "weights"), numpy_helper.from_array(bias, "bias"),
+         numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)],
+                          producer_name="floe-make-contrib-attention")
+    m.ir_version = 8
+    save(m, {"input": x, "attention_mask": am},
+         [sdpa(heads(q, N), heads(k, N), heads(v, N), add=lengths_mask(am.sum(1), S))[0]])
+
     # Refused variants.
     feeds = {"input": x}
     save_unsupported(make("unsupported_attention_rotary", "Attention", ins[:3], ["output"], feeds,

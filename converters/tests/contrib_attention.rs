@@ -132,6 +132,12 @@ fn mha_with_past_unidirectional_and_present_matches_onnxruntime() {
 }
 
 #[test]
+fn attention_with_mask_index_computed_in_the_graph_matches_onnxruntime() {
+    // mask_index = Cast(ReduceSum(attention_mask)) has no declared shape: its rank is inferred at import.
+    check_model("attention_inferred_mask_rank");
+}
+
+#[test]
 fn lowered_attention_is_one_canonical_node_with_key_lengths_as_nonpad_input() {
     let model = floe_convert::load(models_dir().join("attention_mask_1d.onnx")).unwrap();
     let g = &model.graph;
