@@ -491,3 +491,57 @@ impl Importer<'_> {
         Some(g)
     }
 }
+
+#[cfg(test)]
+mod lowering_tests {
+    use super::*;
+    use floe_engine::ops::elementwise::{BinaryOp, ElementwiseOp};
+
+    fn graph_with_io() -> (Graph, Vec<Option<ValueId>>, Vec<ValueId>) {
+        let mut g = Graph::default();
+        let x = g.add_value("x", Fact::unknown());
+        g.inputs.push(x);
+        let y = g.add_value("y", Fact::unknown());
+        (g, vec![Some(x)], vec![y])
+    }
+
+    #[test]
+    fn lowering_wires_inputs_constants_temps_and_outputs_under_the_node_name() {
+        let (mut g, ins, outs) = graph_with_io();
+        let mut low = Lowering::new();
+        let two = low.constant("two", floe_engine::Tensor::scalar(2.0f32));
+        let add = ElementwiseOp::Binary(BinaryOp::Add);
+        let t = low.node("double", add.clone(), vec![Some(Val::Input(0)), Some(Val::Input(0))]);
+        low.node_to("plus_two", add, vec![Some(t), Some(two)], vec![Val::Output(0)]);
+        add_lowering(&mut g, "n", low, &ins, &outs).unwrap();
+        assert_eq!(g.nodes.len(), 2);
+        assert_eq!(g.nodes[0].name, "n/double");
+        assert_eq!(g.nodes[1].outputs, outs);
+        assert_eq!(g.values[g.nodes[1].inputs[0].unwrap()].name, "n/double");
+        assert_eq!(g.values[g.nodes[1].inputs[1].unwrap()].name, "n/two");
+    }
+
+    #[test]
+    fn lowering_that_leaves_an_output_unwritten_is_an_error() {
+        let (mut g, ins, outs) = graph_with_io();
+        let mut low = Lowering::new();
+        low.node("neg", ElementwiseOp::Binary(BinaryOp::Sub), vec![Some(Val::Input(0)), Some(Val::Input(0))]);
+        let e = add_lowering(&mut g, "n", low, &ins, &outs).unwrap_err();
+        assert!(e.contains("output 0"), "{e}");
+    }
+
+    #[test]
+    fn lowering_that_reads_a_temporary_before_writing_it_is_an_error() {
+        let (mut g, ins, outs) = graph_with_io();
+        let mut low = Lowering::new();
+        let t = low.temp("later");
+        low.node_to(
+            "use",
+            ElementwiseOp::Binary(BinaryOp::Add),
+            vec![Some(t), Some(Val::Input(0))],
+            vec![Val::Output(0)],
+        );
+        let e = add_lowering(&mut g, "n", low, &ins, &outs).unwrap_err();
+        assert!(e.contains("before it is written"), "{e}");
+    }
+}
