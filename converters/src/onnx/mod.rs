@@ -5,6 +5,7 @@
 //! error; malformed input gives an error naming the file, node and value.
 
 pub mod error;
+pub mod lowering;
 pub mod ops;
 pub mod registry;
 pub mod summary;
@@ -12,10 +13,12 @@ pub mod tensor;
 
 pub use error::{ImportError, UnsupportedOp};
 
+use floe_engine::passes::fold_constants::merge_facts;
 use floe_engine::passes::{infer_and_fold, FoldOptions};
-use floe_engine::{Dim, Fact, Graph, Shape};
+use floe_engine::{Dim, Fact, Graph, Shape, ValueId};
+use lowering::{Lowering, Val};
 use prost::Message;
-use registry::{ConvError, NodeCtx, Registry};
+use registry::{ConvError, Convert, NodeCtx, Registry};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use tensor::{dtype_from_onnx, tensor_from_proto, TensorError};
@@ -194,6 +197,69 @@ fn fact_of(v: &ValueInfoProto) -> Result<Fact, String> {
     }
 }
 
+/// A converter's result.
+enum Converted {
+    Op(floe_engine::Op),
+    Lower(Lowering),
+}
+
+/// Adds the nodes of a lowering of node `name`, whose inputs and outputs are
+/// `inputs` / `outputs` (ids in `g`). Fails if a value is used before it is written
+/// or if an output of the ONNX node is never written (a converter bug).
+fn add_lowering(
+    g: &mut Graph,
+    name: &str,
+    low: Lowering,
+    inputs: &[Option<ValueId>],
+    outputs: &[ValueId],
+) -> Result<(), String> {
+    let consts: Vec<ValueId> = low.consts.into_iter().map(|(l, t)| g.add_const(format!("{name}/{l}"), t)).collect();
+    let temps: Vec<ValueId> = low.temps.iter().map(|l| g.add_value(format!("{name}/{l}"), Fact::unknown())).collect();
+    let mut written = vec![false; temps.len()];
+    let mut out_written = vec![false; outputs.len()];
+    for n in low.nodes {
+        let mut ins = Vec::with_capacity(n.inputs.len());
+        for v in &n.inputs {
+            ins.push(match *v {
+                None => None,
+                Some(Val::Input(i)) => inputs.get(i).copied().flatten(),
+                Some(Val::Const(c)) => Some(consts[c]),
+                Some(Val::Temp(t)) if written[t] => Some(temps[t]),
+                Some(Val::Temp(t)) => {
+                    return Err(format!("lowering: '{}' reads '{}' before it is written", n.label, low.temps[t]))
+                }
+                Some(Val::Output(k)) if out_written.get(k) == Some(&true) => Some(outputs[k]),
+                Some(Val::Output(k)) => {
+                    return Err(format!("lowering: '{}' reads output {k} before it is written", n.label))
+                }
+            });
+        }
+        // drop trailing omitted inputs so arity checks see what is really there
+        while matches!(ins.last(), Some(None)) {
+            ins.pop();
+        }
+        let mut outs = Vec::with_capacity(n.outputs.len());
+        for v in &n.outputs {
+            match *v {
+                Val::Temp(t) => {
+                    written[t] = true;
+                    outs.push(temps[t]);
+                }
+                Val::Output(k) if k < outputs.len() => {
+                    out_written[k] = true;
+                    outs.push(outputs[k]);
+                }
+                other => return Err(format!("lowering: '{}' cannot write {other:?}", n.label)),
+            }
+        }
+        g.add_node(format!("{name}/{}", n.label), n.op, ins, outs);
+    }
+    match out_written.iter().position(|w| !w) {
+        Some(k) => Err(format!("output {k} is not produced by the lowering of this node")),
+        None => Ok(()),
+    }
+}
+
 struct Importer<'a> {
     registry: &'a Registry,
     opsets: &'a HashMap<String, i64>,
@@ -321,11 +387,32 @@ impl Importer<'_> {
                     let mut me = cell.borrow_mut();
                     me.graph(sub, &caps).ok_or_else(|| ConvError::Invalid("subgraph import failed".into()))
                 };
-                let ctx = NodeCtx { node, opset, subgraph: &importer };
-                (def.convert)(&ctx)
+                // Inferred facts of the graph so far, computed once and only if asked for.
+                let inferred: std::cell::OnceCell<Option<Graph>> = std::cell::OnceCell::new();
+                let facts = |i: usize| -> Fact {
+                    let Some(&id) = node.input.get(i).filter(|n| !n.is_empty()).and_then(|n| names.get(n)) else {
+                        return Fact::unknown();
+                    };
+                    let declared = &g.values[id].fact;
+                    if declared.dtype.is_some() && declared.shape.as_ref().is_some_and(|s| s.as_fixed().is_some()) {
+                        return declared.clone();
+                    }
+                    // On a copy (weights are shared, not copied); a failure here is
+                    // reported by the final inference over the whole graph.
+                    let inf = inferred.get_or_init(|| {
+                        let mut copy = g.clone();
+                        infer_and_fold(&mut copy, FoldOptions::default()).ok().map(|_| copy)
+                    });
+                    inf.as_ref().map_or_else(|| declared.clone(), |c| merge_facts(declared, &c.values[id].fact))
+                };
+                let ctx = NodeCtx { node, opset, subgraph: &importer, facts: &facts };
+                match def.convert {
+                    Convert::Op(f) => f(&ctx).map(Converted::Op),
+                    Convert::Lower(f) => f(&ctx).map(Converted::Lower),
+                }
             };
-            let op = match converted {
-                Ok(op) => op,
+            let converted = match converted {
+                Ok(c) => c,
                 Err(ConvError::Unsupported(m)) => {
                     self.unsupported.push(UnsupportedOp {
                         op_type: node.op_type.clone(),
@@ -371,7 +458,15 @@ impl Importer<'_> {
                 }
                 outputs.push(id);
             }
-            g.add_node(node_name, op, inputs, outputs);
+            match converted {
+                Converted::Op(op) => g.add_node(node_name, op, inputs, outputs),
+                Converted::Lower(low) => {
+                    if let Err(m) = add_lowering(&mut g, &node_name, low, &inputs, &outputs) {
+                        let e = self.node_err(&node_name, &node.op_type, m);
+                        self.fail(e);
+                    }
+                }
+            }
         }
         for o in &gp.output {
             match names.get(&o.name) {
@@ -394,5 +489,59 @@ impl Importer<'_> {
             }
         }
         Some(g)
+    }
+}
+
+#[cfg(test)]
+mod lowering_tests {
+    use super::*;
+    use floe_engine::ops::elementwise::{BinaryOp, ElementwiseOp};
+
+    fn graph_with_io() -> (Graph, Vec<Option<ValueId>>, Vec<ValueId>) {
+        let mut g = Graph::default();
+        let x = g.add_value("x", Fact::unknown());
+        g.inputs.push(x);
+        let y = g.add_value("y", Fact::unknown());
+        (g, vec![Some(x)], vec![y])
+    }
+
+    #[test]
+    fn lowering_wires_inputs_constants_temps_and_outputs_under_the_node_name() {
+        let (mut g, ins, outs) = graph_with_io();
+        let mut low = Lowering::new();
+        let two = low.constant("two", floe_engine::Tensor::scalar(2.0f32));
+        let add = ElementwiseOp::Binary(BinaryOp::Add);
+        let t = low.node("double", add.clone(), vec![Some(Val::Input(0)), Some(Val::Input(0))]);
+        low.node_to("plus_two", add, vec![Some(t), Some(two)], vec![Val::Output(0)]);
+        add_lowering(&mut g, "n", low, &ins, &outs).unwrap();
+        assert_eq!(g.nodes.len(), 2);
+        assert_eq!(g.nodes[0].name, "n/double");
+        assert_eq!(g.nodes[1].outputs, outs);
+        assert_eq!(g.values[g.nodes[1].inputs[0].unwrap()].name, "n/double");
+        assert_eq!(g.values[g.nodes[1].inputs[1].unwrap()].name, "n/two");
+    }
+
+    #[test]
+    fn lowering_that_leaves_an_output_unwritten_is_an_error() {
+        let (mut g, ins, outs) = graph_with_io();
+        let mut low = Lowering::new();
+        low.node("neg", ElementwiseOp::Binary(BinaryOp::Sub), vec![Some(Val::Input(0)), Some(Val::Input(0))]);
+        let e = add_lowering(&mut g, "n", low, &ins, &outs).unwrap_err();
+        assert!(e.contains("output 0"), "{e}");
+    }
+
+    #[test]
+    fn lowering_that_reads_a_temporary_before_writing_it_is_an_error() {
+        let (mut g, ins, outs) = graph_with_io();
+        let mut low = Lowering::new();
+        let t = low.temp("later");
+        low.node_to(
+            "use",
+            ElementwiseOp::Binary(BinaryOp::Add),
+            vec![Some(t), Some(Val::Input(0))],
+            vec![Val::Output(0)],
+        );
+        let e = add_lowering(&mut g, "n", low, &ins, &outs).unwrap_err();
+        assert!(e.contains("before it is written"), "{e}");
     }
 }

@@ -1,8 +1,11 @@
 //! The table of ONNX ops floe imports: op type, domain, opset range and the
-//! function that maps a node onto a floe [`Op`]. `docs/ops.md` is generated from it.
+//! function that maps a node onto a floe [`Op`] (or, for fused ops of other
+//! runtimes, onto a small floe subgraph: see [`super::lowering`]). `docs/ops.md` is
+//! generated from it.
 
+use super::lowering::Lowering;
 use super::tensor::tensor_from_proto;
-use floe_engine::{Graph, Op, Tensor};
+use floe_engine::{Fact, Graph, Op, Tensor};
 use std::collections::HashMap;
 use tract_onnx::pb::{attribute_proto::AttributeType, AttributeProto, GraphProto, NodeProto};
 
@@ -39,7 +42,12 @@ pub struct NodeCtx<'a> {
     /// The opset version of the node's domain in this model.
     pub opset: i64,
     pub(crate) subgraph: &'a SubgraphImporter<'a>,
+    /// What is known of input `i` (see [`NodeCtx::input_fact`]).
+    pub(crate) facts: &'a InputFacts<'a>,
 }
+
+/// Gives the fact of a node's input `i` (unknown when absent).
+pub type InputFacts<'a> = dyn Fn(usize) -> Fact + 'a;
 
 impl<'a> NodeCtx<'a> {
     pub fn attr(&self, name: &str) -> Option<&'a AttributeProto> {
@@ -125,9 +133,35 @@ impl<'a> NodeCtx<'a> {
     pub fn has_input(&self, i: usize) -> bool {
         self.node.input.get(i).is_some_and(|s| !s.is_empty())
     }
+
+    /// True if output `k` is present and non-empty (the model reads it).
+    pub fn has_output(&self, k: usize) -> bool {
+        self.node.output.get(k).is_some_and(|s| !s.is_empty())
+    }
+
+    /// The dtype and shape of input `i` as far as they are known at import: declared
+    /// (graph inputs, initializers, `value_info`) or else inferred over the graph
+    /// imported so far. For converters whose lowering depends on an input's rank
+    /// (e.g. a 1-D key-length mask vs a 2-D 0/1 mask); unknown if `i` is absent.
+    pub fn input_fact(&self, i: usize) -> Fact {
+        (self.facts)(i)
+    }
 }
 
+/// Maps a node onto one floe op with the node's inputs and outputs.
 pub type ConvertFn = fn(&NodeCtx) -> ConvResult<Op>;
+
+/// Maps a node onto a small floe subgraph (see [`super::lowering`]).
+pub type LowerFn = fn(&NodeCtx) -> ConvResult<Lowering>;
+
+/// How an op is converted.
+#[derive(Clone, Copy)]
+pub enum Convert {
+    /// One ONNX node -> one floe node, inputs and outputs unchanged.
+    Op(ConvertFn),
+    /// One ONNX node -> several floe nodes.
+    Lower(LowerFn),
+}
 
 /// One importable op.
 #[derive(Clone)]
@@ -139,7 +173,7 @@ pub struct OpDef {
     pub since: i64,
     /// Newest op version whose semantics the converter implements.
     pub latest: i64,
-    pub convert: ConvertFn,
+    pub convert: Convert,
 }
 
 /// All importable ops, keyed by (domain, op type).
@@ -152,7 +186,21 @@ impl Registry {
     /// Registers `op_type` in the default domain for opsets `since..` (semantics up
     /// to version `latest`).
     pub fn add(&mut self, op_type: &'static str, since: i64, latest: i64, convert: ConvertFn) {
-        self.defs.insert(("", op_type), OpDef { op_type, domain: "", since, latest, convert });
+        self.defs.insert(("", op_type), OpDef { op_type, domain: "", since, latest, convert: Convert::Op(convert) });
+    }
+
+    /// Registers `op_type` of `domain` (e.g. `"com.microsoft"`), converted by a
+    /// lowering onto several floe nodes.
+    pub fn add_lowering(
+        &mut self,
+        domain: &'static str,
+        op_type: &'static str,
+        since: i64,
+        latest: i64,
+        lower: LowerFn,
+    ) {
+        let def = OpDef { op_type, domain, since, latest, convert: Convert::Lower(lower) };
+        self.defs.insert((domain, op_type), def);
     }
 
     pub fn get(&self, domain: &str, op_type: &str) -> Option<&OpDef> {

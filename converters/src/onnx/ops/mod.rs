@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod constant;
+pub mod contrib_attention;
 pub mod control;
 pub mod conv;
 pub mod detection;
@@ -41,6 +42,7 @@ pub fn register_all(r: &mut Registry) {
     control::register(r);
     loss::register(r);
     attention::register(r);
+    contrib_attention::register(r);
     signal::register(r);
     detection::register(r);
 }
