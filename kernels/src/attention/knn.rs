@@ -35,8 +35,7 @@ pub struct TopK {
     k: usize,
     ids: Vec<u32>,
     dots: Vec<f32>,
-    /// Position and value of the smallest kept dot while filling.
-    min_pos: usize,
+    /// The smallest kept dot once `k` are kept (`-inf` before): the bar to pass.
     min_val: f32,
     /// Keys whose exact dot product the last query computed.
     scored: usize,
@@ -80,29 +79,50 @@ impl TopK {
         self.ids.clear();
         self.dots.clear();
         self.scored = 0;
-        self.min_pos = 0;
-        self.min_val = f32::INFINITY;
+        self.min_val = f32::NEG_INFINITY;
     }
 
-    #[inline]
+    /// Keeps the `k` largest dots: a binary min-heap on the dot while filling.
+    #[inline(always)]
     fn push(&mut self, id: u32, dot: f32) {
-        if self.ids.len() < self.k {
-            if self.ids.is_empty() || dot < self.min_val || dot.is_nan() {
-                self.min_val = dot;
-                self.min_pos = self.ids.len();
-            }
+        let n = self.ids.len();
+        if n < self.k {
             self.ids.push(id);
             self.dots.push(dot);
-        } else if dot > self.min_val {
-            self.ids[self.min_pos] = id;
-            self.dots[self.min_pos] = dot;
-            let (mut p, mut v) = (0, self.dots[0]);
-            for (j, &x) in self.dots.iter().enumerate().skip(1) {
-                if x < v {
-                    (p, v) = (j, x);
+            let mut i = n;
+            while i > 0 {
+                let p = (i - 1) / 2;
+                if dot < self.dots[p] {
+                    self.dots[i] = self.dots[p];
+                    self.ids[i] = self.ids[p];
+                    i = p;
+                } else {
+                    break;
                 }
             }
-            (self.min_pos, self.min_val) = (p, v);
+            self.dots[i] = dot;
+            self.ids[i] = id;
+        } else if dot > self.dots[0] {
+            let mut i = 0;
+            loop {
+                let l = 2 * i + 1;
+                if l >= n {
+                    break;
+                }
+                let c = if l + 1 < n && self.dots[l + 1] < self.dots[l] { l + 1 } else { l };
+                if self.dots[c] < dot {
+                    self.dots[i] = self.dots[c];
+                    self.ids[i] = self.ids[c];
+                    i = c;
+                } else {
+                    break;
+                }
+            }
+            self.dots[i] = dot;
+            self.ids[i] = id;
+        }
+        if self.ids.len() == self.k {
+            self.min_val = self.dots[0];
         }
     }
 
@@ -110,9 +130,26 @@ impl TopK {
     fn offer(&mut self, cand: &[(f32, u32)], visible: usize) {
         self.scored += cand.len();
         for &(sc, id) in cand {
-            if (id as usize) < visible {
-                self.push(id, sc);
-            }
+            self.offer_one(id, sc, visible);
+        }
+    }
+
+    /// Offers one key (a cheap rejection once the list is full).
+    #[inline(always)]
+    fn offer_one(&mut self, id: u32, dot: f32, visible: usize) {
+        if dot > self.min_val && (id as usize) < visible {
+            self.push(id, dot);
+        }
+    }
+
+    /// Restores a list saved from `ids()`/`dots()` in internal (unsorted) order.
+    fn load(&mut self, ids: &[u32], dots: &[f32], k: usize, scored: usize) {
+        self.reset(k);
+        self.ids.extend_from_slice(ids);
+        self.dots.extend_from_slice(dots);
+        self.scored = scored;
+        if self.ids.len() == k && k > 0 {
+            self.min_val = self.dots[0];
         }
     }
 
@@ -171,7 +208,7 @@ fn attend(top: &TopK, scale: f32, v: &Rows<'_>, out: &mut [f32], w: &mut Vec<f32
 }
 
 /// Query rows per parallel task.
-const ROWS_PER_TASK: usize = 64;
+const ROWS_PER_TASK: usize = 256;
 
 /// k-NN attention of one (batch, kv-head) and the `g = queries.len()` query heads that
 /// share it (GQA). `queries[h]` is `L x d`, `k` is `S x d`, `v` is `S x dv`; query
@@ -212,7 +249,13 @@ pub fn knn_attention_group(
     let counters = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
     let mut build_ns;
 
-    let answer = |index: &KnnIndex, q: &[f32], visible: usize, top: &mut TopK, qbuf: &mut Vec<f32>, out: &mut [f32], w: &mut Vec<f32>| {
+    let answer = |index: &KnnIndex,
+                  q: &[f32],
+                  visible: usize,
+                  top: &mut TopK,
+                  qbuf: &mut Vec<f32>,
+                  out: &mut [f32],
+                  w: &mut Vec<f32>| {
         let q = if sign < 0.0 {
             qbuf.clear();
             qbuf.extend(q.iter().map(|x| -x));
@@ -231,21 +274,35 @@ pub fn knn_attention_group(
         None => {
             let index = KnnIndex::build(k.slice_rows(0..valid), params, None);
             build_ns = started.elapsed().as_nanos() as u64;
-            let tasks_per_head = l.div_ceil(ROWS_PER_TASK);
+            // Big blocks let `query_batch` group rows that read the same cells; one
+            // block per thread and head (at least ROWS_PER_TASK rows).
+            let threads = crate::parallel::threads().max(1);
+            let rows_per_task = l.div_ceil(threads).max(ROWS_PER_TASK);
+            let tasks_per_head = l.div_ceil(rows_per_task);
             let chunks: Vec<Mutex<&mut [f32]>> = outs
                 .iter_mut()
-                .flat_map(|o| o.chunks_mut(ROWS_PER_TASK * out_stride.max(1)).take(tasks_per_head))
+                .flat_map(|o| o.chunks_mut(rows_per_task * out_stride.max(1)).take(tasks_per_head))
                 .map(Mutex::new)
                 .collect();
             crate::parallel::for_each_index(chunks.len(), &|t| {
                 let (h, c) = (t / tasks_per_head.max(1), t % tasks_per_head.max(1));
                 let mut slot = chunks[t].lock().unwrap_or_else(|e| e.into_inner());
                 let (mut top, mut qbuf, mut w) = (TopK::new(kk), Vec::new(), Vec::new());
-                let rows = c * ROWS_PER_TASK..((c + 1) * ROWS_PER_TASK).min(l);
-                for (r, i) in rows.enumerate() {
-                    let out = &mut slot[r * out_stride..];
-                    answer(&index, queries[h].row(i), valid, &mut top, &mut qbuf, out, &mut w);
-                }
+                let rows = c * rows_per_task..((c + 1) * rows_per_task).min(l);
+                let block = queries[h].slice_rows(rows);
+                let block = if sign < 0.0 {
+                    qbuf.clear();
+                    (0..block.rows).for_each(|r| qbuf.extend(block.row(r).iter().map(|x| -x)));
+                    Rows::new(&qbuf, block.rows, d)
+                } else {
+                    block
+                };
+                index.query_batch(block, valid, kk, &mut top, |r, top| {
+                    counters[0].fetch_add(1, Ordering::Relaxed);
+                    counters[1].fetch_add(top.scored() as u64, Ordering::Relaxed);
+                    counters[2].fetch_add(top.len() as u64, Ordering::Relaxed);
+                    attend(top, scale_abs, &v, &mut slot[r * out_stride..][..dv], &mut w);
+                });
             });
         }
         Some(_) => {

@@ -26,6 +26,11 @@ pub struct KnnParams {
     /// Construction: fraction of a cell retrieved before the search may stop
     /// (`num_points_to_retrieve = ceil(prop * cell size)`).
     pub construction_prop_to_retrieve: f32,
+    /// Construction: score every child of a cell of at most [`super::CLOSEST`] keys
+    /// (as the query does) instead of IceFormer's projection-ordered search that
+    /// stops after `ceil(prop * cell)` candidates. Off = IceFormer; on = exact
+    /// parents within the visited cells (better trees on unclustered keys).
+    pub construction_scan: bool,
     /// Query: parents kept per level and expanded on the next one. `None` = `k`.
     pub query_field_of_view: Option<usize>,
     /// Query: fraction of a cell retrieved (exact dot computed) before the search
@@ -50,6 +55,7 @@ impl Default for KnnParams {
             levels: 3,
             construction_field_of_view: 5,
             construction_prop_to_retrieve: 0.002,
+            construction_scan: false,
             query_field_of_view: None,
             query_prop_to_retrieve: 0.8,
             num_to_visit: None,
@@ -71,7 +77,8 @@ fn parse_pos(key: &str, value: &str) -> Result<usize, String> {
 }
 
 fn parse_prop(key: &str, value: &str) -> Result<f32, String> {
-    let v = value.trim().parse::<f32>().map_err(|e| format!("knn parameter `{key}`: `{value}` is not a number ({e})"))?;
+    let v =
+        value.trim().parse::<f32>().map_err(|e| format!("knn parameter `{key}`: `{value}` is not a number ({e})"))?;
     if v.is_finite() && v >= 0.0 {
         Ok(v)
     } else {
@@ -100,6 +107,13 @@ impl KnnParams {
             "levels" | "num_levels" => self.levels = parse_pos(key, value)?,
             "construction_field_of_view" => self.construction_field_of_view = parse_pos(key, value)?,
             "construction_prop_to_retrieve" => self.construction_prop_to_retrieve = parse_prop(key, value)?,
+            "construction_scan" => {
+                self.construction_scan = match value.trim() {
+                    "1" | "true" | "on" => true,
+                    "0" | "false" | "off" => false,
+                    v => return Err(format!("knn parameter `construction_scan`: `{v}` is not a boolean")),
+                }
+            }
             "query_field_of_view" | "field_of_view" => self.query_field_of_view = parse_opt(key, value)?,
             "query_prop_to_retrieve" | "prop_to_retrieve" => self.query_prop_to_retrieve = parse_prop(key, value)?,
             "num_to_visit" => self.num_to_visit = parse_opt(key, value)?,

@@ -22,7 +22,7 @@ type DotFn = fn(a: &[f32], b: &[f32]) -> f32;
 
 #[inline(always)]
 fn scan_generic<S: Simd>(s: S, q: &[f32], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]) {
-    assert!(cap % BLOCK == 0 && q.len() >= rows && soa.len() >= rows * cap && out.len() >= cap);
+    assert!(cap.is_multiple_of(BLOCK) && q.len() >= rows && soa.len() >= rows * cap && out.len() >= cap);
     let mut o = 0;
     while o < cap {
         // Four partial sums over the coordinates keep four FMA chains in flight.
@@ -214,7 +214,9 @@ mod tests {
                 let d = dot(&soa[..n], &soa[..n]);
                 let e: f64 = soa.iter().map(|x| (*x as f64).powi(2)).sum();
                 assert!((d as f64 - e).abs() < 1e-3 * e);
-                assert!((scalar::dot(&soa[..n - 1], &soa[..n]) as f64 - e + (soa[n - 1] as f64).powi(2)).abs() < 1e-3 * e);
+                assert!(
+                    (scalar::dot(&soa[..n - 1], &soa[..n]) as f64 - e + (soa[n - 1] as f64).powi(2)).abs() < 1e-3 * e
+                );
             }
         }
     }
