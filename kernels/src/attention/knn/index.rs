@@ -739,9 +739,9 @@ impl KnnIndex {
         let (b, u, d) = (q.rows, self.upper_ids.len(), self.d);
         let mut s = std::mem::take(&mut top.scratch);
         let mut bs = std::mem::take(&mut s.batch);
-        bs.scores.resize(b * u, 0.0);
-        let qm = MatRef { data: q.data, rows: b, cols: d, row_stride: q.stride, col_stride: 1 };
-        gemm::sgemm(1.0, qm, MatRef::new(&self.upper_keys, u, d).t(), 0.0, &mut bs.scores);
+        // Upper-level scores for UPPER_BLOCK rows at a time (kept in L2).
+        const UPPER_BLOCK: usize = 256;
+        bs.scores.resize(UPPER_BLOCK.min(b) * u, 0.0);
         let fov = self.params.query_fov();
         let mut cand = std::mem::take(&mut s.cand);
         let mut expand = std::mem::take(&mut s.expand);
@@ -752,8 +752,13 @@ impl KnnIndex {
         bs.expand.clear();
         bs.expand_at.clear();
         for r in 0..b {
+            if r % UPPER_BLOCK == 0 {
+                let rows = UPPER_BLOCK.min(b - r);
+                let qm = MatRef { data: &q.data[r * q.stride..], rows, cols: d, row_stride: q.stride, col_stride: 1 };
+                gemm::sgemm(1.0, qm, MatRef::new(&self.upper_keys, u, d).t(), 0.0, &mut bs.scores[..rows * u]);
+            }
             top.reset(k);
-            let row = &bs.scores[r * u..(r + 1) * u];
+            let row = &bs.scores[(r % UPPER_BLOCK) * u..(r % UPPER_BLOCK + 1) * u];
             let oracle = |id: u32| (row[self.upper_pos[id as usize] as usize], id);
             cand.clear();
             cand.extend(self.cells[0].ids.iter().map(|&c| oracle(c)));
@@ -888,43 +893,41 @@ impl KnnIndex {
         expand.clear();
         let take = fov.min(cand.len());
         if take < cand.len() {
-            // The bar (the take-th best score) from a small min-heap, then one
-            // partition pass: cheaper than a full selection on a few hundred entries.
-            let mut bar = f32::NAN;
-            if take <= 64 {
-                let (mut ids, mut dots, mut len) = ([0u32; 64], [0f32; 64], 0u32);
-                for &(sc, id) in cand.iter() {
-                    if (len as usize) < take || sc > dots[0] {
-                        heap_offer(&mut ids[..take], &mut dots[..take], &mut len, id, sc);
-                    }
-                }
-                bar = dots[0];
+            // A lower bound on the take-th best score: the smallest of the maxima of
+            // `take` disjoint groups (each group holds a score >= it). Everything
+            // below it is out; the few that pass are selected exactly.
+            let n = cand.len();
+            let g = n / take;
+            let mut lb = f32::INFINITY;
+            for i in 0..take {
+                let end = if i + 1 == take { n } else { (i + 1) * g };
+                let m = cand[i * g..end].iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.0));
+                lb = lb.min(m);
             }
-            if bar.is_finite() {
-                let mut w = 0;
-                for i in 0..cand.len() {
-                    if cand[i].0 > bar {
+            let mut w = n;
+            if lb.is_finite() && cand.iter().all(|c| !c.0.is_nan()) {
+                w = 0;
+                for i in 0..n {
+                    if cand[i].0 >= lb {
                         cand.swap(w, i);
                         w += 1;
                     }
                 }
-                let gt = w;
-                for i in gt..cand.len() {
-                    if cand[i].0 == bar {
-                        cand.swap(w, i);
-                        w += 1;
-                    }
-                }
-                // Ties at the bar are taken by id (the total order of `by_score_desc`).
-                cand[gt..w].sort_unstable_by(by_score_desc);
-            } else {
-                cand.select_nth_unstable_by(take, by_score_desc);
+            }
+            if w > take {
+                cand[..w].select_nth_unstable_by(take, by_score_desc);
             }
         }
-        cand[..take].sort_unstable_by(by_score_desc);
         let mut total: usize = cand[..take].iter().map(|c| self.subtree[c.1 as usize] as usize).sum();
+        if total >= k {
+            // Order does not matter past this point (every selected parent is
+            // expanded); skip the sort.
+            expand.extend(cand[..take].iter().map(|c| c.1));
+            return;
+        }
+        cand[..take].sort_unstable_by(by_score_desc);
         expand.extend(cand[..take].iter().map(|c| c.1));
-        if total < k && take < cand.len() {
+        if take < cand.len() {
             cand[take..].sort_unstable_by(by_score_desc);
             for c in &cand[take..] {
                 if total >= k {
