@@ -28,13 +28,22 @@ fn now_ms(start: Instant) -> f64 {
         .map_or_else(|| start.elapsed().as_secs_f64() * 1e3, |ns| ns / 1e6)
 }
 
+/// Median over `reps` of the per-call CPU time, each rep looping enough calls to last
+/// about 100 ms (the CPU clock ticks every few ms on some kernels).
 fn median_ms(mut f: impl FnMut(), reps: usize) -> f64 {
     let origin = Instant::now();
+    let s = now_ms(origin);
+    let w = Instant::now();
+    f();
+    let once = (now_ms(origin) - s).max(w.elapsed().as_secs_f64() * 1e3 * 0.5).max(1e-3);
+    let iters = ((100.0 / once) as usize).clamp(1, 1000);
     let mut t: Vec<f64> = (0..reps)
         .map(|_| {
             let s = now_ms(origin);
-            f();
-            now_ms(origin) - s
+            for _ in 0..iters {
+                f();
+            }
+            (now_ms(origin) - s) / iters as f64
         })
         .collect();
     t.sort_by(f64::total_cmp);

@@ -10,6 +10,13 @@
 //!   k-NN query with exact dots (`index.rs`, where the algorithm is described).
 //! - [`knn_attention_group`]: attention of the `g` query heads that share one kv head
 //!   (GQA; `g = 1` is plain multi-head attention).
+//! - [`TopK`]: a query's retrieved keys with their exact dots, plus the reusable
+//!   search buffers; [`KnnStats`]: work counters for benches.
+//!
+//! Speed comes from the data layout, not from the search alone: each cell stores its
+//! children transposed (scored by broadcast-FMA over contiguous memory), the keys
+//! above level 0 are scored for a block of queries by one GEMM, and the finest cells
+//! are visited cell-major so a cell is read once per block (`index.rs`).
 //!
 //! Semantics (section 1.1): `o_i = sum_{j in S_i} softmax_j(scale * q_i . k_j) v_j` over
 //! the retrieved set `S_i` (no correction for the mass outside it). When query `i`
@@ -215,8 +222,9 @@ const ROWS_PER_TASK: usize = 256;
 /// `i` sees keys `0 .. visibility.visible(i)`. Output row `i` of head `h` is written at
 /// `outs[h][i * out_stride ..][.. dv]` (strided like [`super::exact::attention_head`]).
 ///
-/// Non-causal: one bulk build over the `valid_keys` keys, then every query, in
-/// parallel over rows (results do not depend on the thread count). Causal: bulk
+/// Non-causal: one bulk build over the `valid_keys` keys, then the queries in blocks
+/// ([`KnnIndex::query_batch`]), in parallel over blocks; every row's result is the
+/// same whatever the blocks, so the output does not depend on the thread count. Causal: bulk
 /// build of the keys the first query sees, then key `j` is inserted before the first
 /// query that sees it (IceFormer's incremental path; `M^2` is taken over all valid
 /// keys up front, as IceFormer does, so no rebuild happens). `scale` multiplies the

@@ -49,7 +49,7 @@
 //!   functions of the key set and the bound.
 
 use super::params::KnnParams;
-use super::simd::{dot, scan_cell, SplitMix64, BLOCK};
+use super::simd::{dot, scan_cell, scan_cell4, SplitMix64, BLOCK};
 use super::TopK;
 use crate::attention::Rows;
 use crate::gemm::{self, MatRef};
@@ -816,16 +816,21 @@ impl KnnIndex {
             if rows.is_empty() || c.len() > CLOSEST {
                 continue;
             }
-            s.scores.resize(c.cap, 0.0);
-            for &r in rows {
-                let r = r as usize;
-                scan_cell(q.row(r), &c.soa, d, c.cap, &mut s.scores);
-                bs.saved_scored[r] += c.len() as u32;
-                let (ids, dots) = (&mut bs.saved_ids[r * k..(r + 1) * k], &mut bs.saved_dots[r * k..(r + 1) * k]);
-                let len = &mut bs.saved_len[r];
-                for (&id, &sc) in c.ids.iter().zip(&s.scores) {
-                    if ((*len as usize) < k || sc > dots[0]) && (id as usize) < vis {
-                        heap_offer(ids, dots, len, id, sc);
+            s.scores.resize(4 * c.cap, 0.0);
+            for quad in rows.chunks(4) {
+                // Four rows per pass over the cell (a short last group repeats a row).
+                let pick = |j: usize| q.row(quad[j.min(quad.len() - 1)] as usize);
+                scan_cell4([pick(0), pick(1), pick(2), pick(3)], &c.soa, d, c.cap, &mut s.scores);
+                for (j, &r) in quad.iter().enumerate() {
+                    let r = r as usize;
+                    bs.saved_scored[r] += c.len() as u32;
+                    let (ids, dots) = (&mut bs.saved_ids[r * k..(r + 1) * k], &mut bs.saved_dots[r * k..(r + 1) * k]);
+                    let len = &mut bs.saved_len[r];
+                    let sc_row = &s.scores[j * c.cap..j * c.cap + c.len()];
+                    for (&id, &sc) in c.ids.iter().zip(sc_row) {
+                        if ((*len as usize) < k || sc > dots[0]) && (id as usize) < vis {
+                            heap_offer(ids, dots, len, id, sc);
+                        }
                     }
                 }
             }

@@ -19,6 +19,7 @@ pub const BLOCK: usize = 16;
 /// `out[j] = sum_{c < rows} q[c] * soa[c * cap + j]` for `j < cap`.
 type ScanFn = fn(q: &[f32], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]);
 type DotFn = fn(a: &[f32], b: &[f32]) -> f32;
+type Scan4Fn = fn(q: [&[f32]; 4], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]);
 
 #[inline(always)]
 fn scan_generic<S: Simd>(s: S, q: &[f32], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]) {
@@ -40,6 +41,30 @@ fn scan_generic<S: Simd>(s: S, q: &[f32], soa: &[f32], rows: usize, cap: usize, 
             c += 1;
         }
         s.store(s.add(s.add(a0, a1), s.add(a2, a3)), &mut out[o..]);
+        o += S::LANES;
+    }
+}
+
+/// Four queries against one cell: `out[j * cap + i] = sum_c q_j[c] * soa[c * cap + i]`.
+/// Each cell vector is loaded once for the four (a 4 x LANES register tile).
+#[inline(always)]
+fn scan4_generic<S: Simd>(s: S, q: [&[f32]; 4], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]) {
+    assert!(cap.is_multiple_of(BLOCK) && soa.len() >= rows * cap && out.len() >= 4 * cap);
+    assert!(q.iter().all(|x| x.len() >= rows));
+    let mut o = 0;
+    while o < cap {
+        let (mut a0, mut a1, mut a2, mut a3) = (s.splat(0.0), s.splat(0.0), s.splat(0.0), s.splat(0.0));
+        for c in 0..rows {
+            let x = s.load(&soa[c * cap + o..]);
+            a0 = s.mul_add(s.splat(q[0][c]), x, a0);
+            a1 = s.mul_add(s.splat(q[1][c]), x, a1);
+            a2 = s.mul_add(s.splat(q[2][c]), x, a2);
+            a3 = s.mul_add(s.splat(q[3][c]), x, a3);
+        }
+        s.store(a0, &mut out[o..]);
+        s.store(a1, &mut out[cap + o..]);
+        s.store(a2, &mut out[2 * cap + o..]);
+        s.store(a3, &mut out[3 * cap + o..]);
         o += S::LANES;
     }
 }
@@ -84,6 +109,16 @@ macro_rules! entries {
                 // SAFETY: as above, the CPU has the features of `$tok`.
                 unsafe { inner(q, soa, rows, cap, out) }
             }
+            pub fn scan4(q: [&[f32]; 4], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]) {
+                $(#[target_feature(enable = $features)])?
+                unsafe fn inner(q: [&[f32]; 4], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]) {
+                    // SAFETY: as for `scan`.
+                    let s = unsafe { <$tok>::new_unchecked() };
+                    scan4_generic(s, q, soa, rows, cap, out)
+                }
+                // SAFETY: as for `scan`.
+                unsafe { inner(q, soa, rows, cap, out) }
+            }
             pub fn dot(a: &[f32], b: &[f32]) -> f32 {
                 $(#[target_feature(enable = $features)])?
                 unsafe fn inner(a: &[f32], b: &[f32]) -> f32 {
@@ -121,6 +156,7 @@ entries!(neon, neon::Neon, "neon");
 #[derive(Clone, Copy)]
 struct Kernels {
     scan: ScanFn,
+    scan4: Scan4Fn,
     dot: DotFn,
 }
 
@@ -130,19 +166,19 @@ fn kernels() -> Kernels {
         #[cfg(target_arch = "x86_64")]
         {
             if crate::vecmath::x86::Avx512::new().is_some() {
-                return Kernels { scan: avx512::scan, dot: avx512::dot };
+                return Kernels { scan: avx512::scan, scan4: avx512::scan4, dot: avx512::dot };
             }
             if crate::vecmath::x86::Avx2Fma::new().is_some() {
-                return Kernels { scan: avx2::scan, dot: avx2::dot };
+                return Kernels { scan: avx2::scan, scan4: avx2::scan4, dot: avx2::dot };
             }
         }
         #[cfg(target_arch = "aarch64")]
         {
             if crate::vecmath::neon::Neon::new().is_some() {
-                return Kernels { scan: neon::scan, dot: neon::dot };
+                return Kernels { scan: neon::scan, scan4: neon::scan4, dot: neon::dot };
             }
         }
-        Kernels { scan: scalar::scan, dot: scalar::dot }
+        Kernels { scan: scalar::scan, scan4: scalar::scan4, dot: scalar::dot }
     })
 }
 
@@ -151,6 +187,12 @@ fn kernels() -> Kernels {
 #[inline]
 pub fn scan_cell(q: &[f32], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]) {
     (kernels().scan)(q, soa, rows, cap, out)
+}
+
+/// [`scan_cell`] for four queries at once (`out` holds four rows of `cap`).
+#[inline]
+pub fn scan_cell4(q: [&[f32]; 4], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]) {
+    (kernels().scan4)(q, soa, rows, cap, out)
 }
 
 /// `a . b` over the shorter length.
@@ -209,6 +251,15 @@ mod tests {
                     let exact: f64 = (0..rows).map(|c| q[c] as f64 * soa[c * cap + j] as f64).sum();
                     assert!((got[j] as f64 - exact).abs() < 1e-4 * (1.0 + exact.abs()), "rows {rows} j {j}");
                     assert!((want[j] as f64 - exact).abs() < 1e-4 * (1.0 + exact.abs()));
+                }
+                let mut four = vec![0.0; 4 * cap];
+                let qs: Vec<Vec<f32>> = (0..4).map(|j| q.iter().map(|x| x * (j as f32 + 1.0)).collect()).collect();
+                scan_cell4([&qs[0], &qs[1], &qs[2], &qs[3]], &soa, rows, cap, &mut four);
+                for j in 0..4 {
+                    for i in 0..cap {
+                        let e = got[i] * (j as f32 + 1.0);
+                        assert!((four[j * cap + i] - e).abs() < 1e-4 * (1.0 + e.abs()), "scan4 rows {rows}");
+                    }
                 }
                 let n = rows * cap;
                 let d = dot(&soa[..n], &soa[..n]);
