@@ -28,9 +28,12 @@ use attention_data::{peaked, quality, random};
 
 const D: usize = 64;
 
+/// Runs `f` with a one-thread pool registered (the pool is built once).
 fn one_thread<R>(f: impl FnOnce() -> R) -> R {
-    let pool = std::sync::Arc::new(rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool"));
-    floe_kernels::parallel::with_pool(Some(&pool), f)
+    static POOL: std::sync::OnceLock<std::sync::Arc<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    let pool =
+        POOL.get_or_init(|| std::sync::Arc::new(rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool")));
+    floe_kernels::parallel::with_pool(Some(pool), f)
 }
 
 fn exact(q: &[f32], k: &[f32], v: &[f32], l: usize, out: &mut [f32]) {

@@ -376,11 +376,27 @@ impl KnnIndex {
             let parts: Vec<std::sync::Mutex<&mut [(u32, f32)]>> =
                 found.chunks_mut(chunk).map(std::sync::Mutex::new).collect();
             let this = &*self;
+            // With `construction_scan`, every candidate parent of a chunk of keys is
+            // scored at once: one GEMM against the keys above level 0.
+            let batched = this.params.construction_scan && !this.upper_ids.is_empty();
             crate::parallel::for_each_index(parts.len(), &|c| {
                 let mut s = Scratch::default();
                 let mut slot = parts[c].lock().unwrap_or_else(|e| e.into_inner());
-                for (j, out) in slot.iter_mut().enumerate() {
-                    *out = this.find_parent(members[c * chunk + j], l, &mut s);
+                if batched {
+                    let (u, d) = (this.upper_ids.len(), this.d);
+                    let ids = &members[c * chunk..c * chunk + slot.len()];
+                    let mut rows = Vec::with_capacity(ids.len() * d);
+                    ids.iter().for_each(|&id| rows.extend_from_slice(this.key(id)));
+                    let mut sc = vec![0.0f32; ids.len() * u];
+                    let km = MatRef::new(&this.upper_keys, u, d).t();
+                    gemm::sgemm(1.0, MatRef::new(&rows, ids.len(), d), km, 0.0, &mut sc);
+                    for (j, out) in slot.iter_mut().enumerate() {
+                        *out = this.find_parent_with(ids[j], l, &mut s, Some(&sc[j * u..(j + 1) * u]));
+                    }
+                } else {
+                    for (j, out) in slot.iter_mut().enumerate() {
+                        *out = this.find_parent(members[c * chunk + j], l, &mut s);
+                    }
                 }
             });
             drop(parts);
@@ -484,6 +500,12 @@ impl KnnIndex {
     /// The parent of key `id` among keys on levels above `level` (dci_assign_parent:
     /// a non-cumulative multi-level search with the construction config, 1 neighbour).
     fn find_parent(&self, id: u32, level: usize, s: &mut Scratch) -> (u32, f32) {
+        self.find_parent_with(id, level, s, None)
+    }
+
+    /// [`Self::find_parent`], optionally reading `key . upper_key` from `dots` (indexed
+    /// like `upper_ids`) instead of scanning cells (construction scan only).
+    fn find_parent_with(&self, id: u32, level: usize, s: &mut Scratch, dots: Option<&[f32]>) -> (u32, f32) {
         let nidx = self.params.num_indices().max(1);
         s.qa.clear();
         s.qa.extend_from_slice(self.key(id));
@@ -496,7 +518,7 @@ impl KnnIndex {
         let root_want = if populated <= 1 { 1 } else { fov };
         let mut cand = std::mem::take(&mut s.cand);
         cand.clear();
-        self.search_cell(0, Mode::Construct, root_want, s, &mut cand);
+        self.construct_cell(0, root_want, s, &mut cand, dots);
         // Intermediate levels keep `fov` parents; the last one keeps the best child.
         for step in 0..populated.saturating_sub(1) {
             let want = if step + 2 == populated { 1 } else { fov };
@@ -506,7 +528,7 @@ impl KnnIndex {
             cand.clear();
             for p in parents {
                 if self.cell_of[p as usize] != NONE {
-                    self.search_cell(self.cell_of[p as usize] as usize, Mode::Construct, want, s, &mut cand);
+                    self.construct_cell(self.cell_of[p as usize] as usize, want, s, &mut cand, dots);
                 }
             }
         }
@@ -519,6 +541,30 @@ impl KnnIndex {
         }
         // Scores are negated distances here.
         best.map_or((NONE, 0.0), |(sc, p)| (p, -sc))
+    }
+
+    /// A construction search of one cell, with the key's dots to the candidate
+    /// parents precomputed when `dots` is given (every child scored, as the scan does).
+    fn construct_cell(
+        &self,
+        cell: usize,
+        want: usize,
+        s: &mut Scratch,
+        out: &mut Vec<(f32, u32)>,
+        dots: Option<&[f32]>,
+    ) {
+        match dots {
+            Some(row) if self.cells[cell].len() <= CLOSEST => {
+                let (ax, m2) = (s.qa[self.d], self.max_norm_sq);
+                out.extend(
+                    self.cells[cell]
+                        .ids
+                        .iter()
+                        .map(|&c| (row[self.upper_pos[c as usize] as usize] + ax * self.aug[c as usize] - m2, c)),
+                );
+            }
+            _ => self.search_cell(cell, Mode::Construct, want, s, out),
+        }
     }
 
     /// Searches one cell, appending `(score, id)` of every candidate whose exact
