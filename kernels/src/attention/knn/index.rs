@@ -1056,3 +1056,72 @@ impl KnnIndex {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `||T_Q(q) - T_K(k)||^2` in f64 from the index's augmentation.
+    fn transformed_dist(idx: &KnnIndex, q: &[f32], id: u32) -> f64 {
+        let qn = q.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let k = idx.key(id);
+        let mut s: f64 = q.iter().zip(k).map(|(a, b)| (*a as f64 / qn - *b as f64).powi(2)).sum();
+        s += (idx.aug[id as usize] as f64).powi(2);
+        s
+    }
+
+    #[test]
+    fn the_mips_transform_ranks_keys_like_the_inner_product() {
+        let (n, d) = (500, 16);
+        let mut r = SplitMix64::new(3);
+        // Keys of very different norms: the augmentation is what makes this work.
+        let keys: Vec<f32> = (0..n * d).map(|i| r.normal() as f32 * (1.0 + (i / d % 7) as f32)).collect();
+        let idx = KnnIndex::build(Rows::new(&keys, n, d), &KnnParams::default(), None);
+        let m2 = idx.max_norm_sq() as f64;
+        for _ in 0..20 {
+            let q: Vec<f32> = (0..d).map(|_| r.normal() as f32).collect();
+            let qn = q.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            let mut by_ip: Vec<u32> = (0..n as u32).collect();
+            let ip = |j: u32| q.iter().zip(idx.key(j)).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();
+            by_ip.sort_by(|a, b| ip(*b).total_cmp(&ip(*a)));
+            let mut by_dist = by_ip.clone();
+            by_dist.sort_by(|a, b| transformed_dist(&idx, &q, *a).total_cmp(&transformed_dist(&idx, &q, *b)));
+            assert_eq!(by_ip[..50], by_dist[..50]);
+            // ||T_Q q - T_K k||^2 = 1 + M^2 - 2 q.k / |q| (section 1.2).
+            for j in [0u32, 7, 99] {
+                let want = 1.0 + m2 - 2.0 * ip(j) / qn;
+                assert!((transformed_dist(&idx, &q, j) - want).abs() < 1e-3 * (1.0 + want.abs()));
+            }
+        }
+    }
+
+    #[test]
+    fn every_key_sits_one_level_below_its_parent_and_in_its_cell() {
+        let (n, d) = (3000, 8);
+        let mut r = SplitMix64::new(9);
+        let keys: Vec<f32> = (0..n * d).map(|_| r.normal() as f32).collect();
+        for scan in [false, true] {
+            let p = KnnParams { construction_scan: scan, ..Default::default() };
+            let mut idx = KnnIndex::build(Rows::new(&keys, 2000, d), &p, None);
+            for j in 2000..n {
+                idx.insert(&keys[j * d..(j + 1) * d]);
+            }
+            let mut seen = 0;
+            for id in 0..n as u32 {
+                let par = idx.parent[id as usize];
+                let cell = if par == NONE {
+                    assert_eq!(idx.level[id as usize] as usize, idx.levels() - 1);
+                    0
+                } else {
+                    assert_eq!(idx.level[par as usize], idx.level[id as usize] + 1);
+                    idx.cell_of[par as usize] as usize
+                };
+                assert!(idx.cells[cell].ids.contains(&id));
+                seen += 1;
+            }
+            assert_eq!(seen, idx.cells.iter().map(Cell::len).sum::<usize>());
+            let top_sub: u32 = idx.cells[0].ids.iter().map(|&t| idx.subtree[t as usize]).sum();
+            assert_eq!(top_sub as usize, n, "subtree counts add up");
+        }
+    }
+}

@@ -160,7 +160,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_the_icefomer_readme_values() {
+    fn defaults_are_the_iceformer_readme_values() {
         let p = KnnParams::default();
         assert_eq!((p.k, p.num_comp_indices, p.num_simp_indices, p.levels), (20, 2, 4, 3));
         assert_eq!((p.construction_field_of_view, p.construction_prop_to_retrieve), (5, 0.002));
