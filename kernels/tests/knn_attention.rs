@@ -304,3 +304,40 @@ fn degenerate_inputs_do_not_panic_and_behave_as_documented() {
     idx.query(&q[..d], s, 5, &mut top);
     assert_eq!(top.len(), 5);
 }
+
+#[test]
+fn strided_heads_read_out_of_a_packed_tensor_match_contiguous_ones() {
+    // [S, 2 * d] tensors holding two heads; head 1 is read with stride 2 * d.
+    let (l, s, d) = (300, 900, 16);
+    let (q, k, v) = peaked(l, s, d, 31);
+    let pack = |x: &[f32], n: usize| -> Vec<f32> {
+        let mut out = vec![7.0; n * 2 * d];
+        for i in 0..n {
+            out[i * 2 * d + d..(i + 1) * 2 * d].copy_from_slice(&x[i * d..(i + 1) * d]);
+        }
+        out
+    };
+    let (qp, kp, vp) = (pack(&q, l), pack(&k, s), pack(&v, s));
+    fn view(x: &[f32], n: usize, d: usize) -> Rows<'_> {
+        Rows { data: &x[d..], rows: n, cols: d, stride: 2 * d }
+    }
+    let p = KnnParams::default();
+    for vis in [Visibility::all(s), Visibility::causal(s, s - l)] {
+        let want = run_knn(&q, &k, &v, l, s, d, vis, &p);
+        let mut got = vec![0.0; l * 2 * d];
+        knn_attention_group(
+            &[view(&qp, l, d)],
+            view(&kp, s, d),
+            view(&vp, s, d),
+            1.0 / (d as f32).sqrt(),
+            vis,
+            &p,
+            &mut [&mut got[d..]],
+            2 * d,
+            None,
+        );
+        for i in 0..l {
+            assert_eq!(&got[i * 2 * d + d..(i + 1) * 2 * d], &want[i * d..(i + 1) * d], "{vis:?} row {i}");
+        }
+    }
+}
