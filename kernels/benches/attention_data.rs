@@ -31,6 +31,16 @@ pub fn random(l: usize, d: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
 /// trained attention: the source keys score about 16 after `1/sqrt(d)`, the others
 /// about N(0, 2^2) (2.8^2 for two-key queries).
 pub fn peaked(l: usize, d: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    peaked_with(l, d, seed, 3)
+}
+
+/// [`peaked`] with every query made from one key (its softmax holds ~99.7% on it).
+pub fn peaked_one(l: usize, d: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    peaked_with(l, d, seed, usize::MAX)
+}
+
+/// Every `two_every`-th query is made from two keys, the others from one.
+fn peaked_with(l: usize, d: usize, seed: u64, two_every: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut r = Lcg(seed);
     let mut k: Vec<f32> = (0..l * d).map(|_| r.uniform()).collect();
     for row in k.chunks_mut(d) {
@@ -42,7 +52,7 @@ pub fn peaked(l: usize, d: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut q = vec![0.0; l * d];
     for i in 0..l {
         let (a, b) = (r.below(l), r.below(l));
-        let two = i % 3 == 0;
+        let two = i % two_every == 0 && two_every != usize::MAX;
         for c in 0..d {
             let noise = 0.1 * r.uniform();
             q[i * d + c] = if two { amp * (k[a * d + c] + k[b * d + c]) + noise } else { amp * k[a * d + c] + noise };

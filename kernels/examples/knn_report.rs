@@ -1,7 +1,8 @@
 //! Prints the kernel-level figures of ../shared/ALGORITHMS.md section 5 (A and C) for
 //! IceFormer k-NN attention against the exact kernel, on one thread:
 //! L, exact ms, knn ms (index build included), speed-up, recall@k, softmax mass
-//! covered, relative output error and row cosine, for random and peaked workloads.
+//! covered, relative output error and row cosine, for random and peaked workloads
+//! (`peaked`: a third of the queries mix two keys; `peaked1`: one key each).
 //!
 //!     cargo run --release -p floe-kernels --example knn_report -- [L,L,...] [key=value,...]
 //!
@@ -17,7 +18,7 @@ use std::time::Instant;
 
 #[path = "../benches/attention_data.rs"]
 mod attention_data;
-use attention_data::{peaked, quality, random};
+use attention_data::{peaked, peaked_one, quality, random};
 
 /// CPU time of this thread in ms (Linux `schedstat`), else wall time: the machine
 /// may be shared, and on-CPU time is what the kernels cost.
@@ -63,7 +64,7 @@ fn main() {
     println!(
         "workload |     L | exact ms | unfused ms |  knn ms | build ms | vs exact | vs unfused | scored/q | recall@k |  mass  | rel err | cosine"
     );
-    for (name, gen) in [("random", random as fn(usize, usize, u64) -> _), ("peaked", peaked)] {
+    for (name, gen) in [("random", random as fn(usize, usize, u64) -> _), ("peaked", peaked), ("peaked1", peaked_one)] {
         for &l in &lens {
             let (q, k, v) = gen(l, d, 1);
             let reps = if l >= 8192 { 3 } else { 5 };
