@@ -950,19 +950,23 @@ impl KnnIndex {
             let n = cand.len();
             let g = n / take;
             let mut lb = f32::INFINITY;
+            let mut nan = false;
             for i in 0..take {
                 let end = if i + 1 == take { n } else { (i + 1) * g };
-                let m = cand[i * g..end].iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.0));
+                let m = cand[i * g..end].iter().fold(f32::NEG_INFINITY, |m, c| {
+                    nan |= c.0.is_nan();
+                    m.max(c.0)
+                });
                 lb = lb.min(m);
             }
             let mut w = n;
-            if lb.is_finite() && cand.iter().all(|c| !c.0.is_nan()) {
+            if lb.is_finite() && !nan {
+                // Branch-free compaction: survivors are rare and scattered.
                 w = 0;
                 for i in 0..n {
-                    if cand[i].0 >= lb {
-                        cand.swap(w, i);
-                        w += 1;
-                    }
+                    let keep = cand[i].0 >= lb;
+                    cand.swap(w, i);
+                    w += keep as usize;
                 }
             }
             if w > take {
