@@ -1,0 +1,1131 @@
+//! The Prioritized-DCI index of one (batch, kv-head) (../shared/ALGORITHMS.md
+//! sections 1.2-1.4): keys under the MIPS -> nearest-neighbour transform, a tree of
+//! `levels` levels whose cells are "the children of one parent", and per cell
+//! `L_c * m` simple indices (children sorted by one random projection each).
+//!
+//! - **Transform** (1.2). `M^2 >= max ||k||^2`; a key becomes `[k; a_k]` with
+//!   `a_k = sqrt(M^2 - ||k||^2)`, so every key has norm `M`, and a query `[q/|q|; 0]`.
+//!   Key-key distances (tree construction) are `||T k1 - T k2||^2 / 2 = M^2 - k1.k2 -
+//!   a_1 a_2`; query ranking uses the exact `q . k` (same order as the transformed
+//!   distance for a fixed query).
+//! - **Build** (1.3). Levels are drawn with promotion probability `n^(-1/levels)`
+//!   (redrawn until every level is populated, at most 16 times, after which keys of
+//!   the fullest level are moved into the empty ones). Top-level keys form the root cell; every key of level `l` is
+//!   attached to the parent found by a DCI search (construction config) over levels
+//!   above `l`.
+//! - **Cell search** (1.3). IceFormer pulls `CLOSEST = 128` ids at a time from the
+//!   highest-priority simple index, so a cell of at most 128 children is entirely
+//!   pulled before the stopping rule is first checked: the search computes every
+//!   child's exact score. We do that directly, as one transposed block scan
+//!   ([`super::simd::scan_cell`]). Bigger cells, and every construction search, run
+//!   the prioritized traversal one projection at a time: binary-search the query's
+//!   projection in each simple index, walk outwards, pop from the composite's
+//!   simple index with the smallest gap; a child pulled from all `m` simple indices
+//!   of one composite is a candidate and gets its exact distance; stop once there
+//!   are `want` candidates and either `num_projs_to_visit` projections were visited
+//!   or `num_points_to_retrieve` candidates found.
+//! - **Query** (1.3, `cumu = true`). Search the root, keep the best `field_of_view`
+//!   parents (more if their subtrees hold fewer than `k` keys), search their cells,
+//!   keep the best `field_of_view` again, ..., and at the finest level keep the best
+//!   `k`. Every key whose exact score was computed competes for the final top `k`
+//!   (IceFormer merges the expanded parents; scoring every scanned key is a
+//!   superset, never worse, at no extra cost). [`KnnIndex::query_batch`] runs the
+//!   same search for a block of queries: upper levels scored by one GEMM, the finest
+//!   level cell by cell for all the block's rows that expand the cell (cache reuse).
+//! - **Construction scan** (`KnnParams::construction_scan`, ours, off by default):
+//!   score every child of the visited cells when looking for a parent, as the query
+//!   does, instead of the prioritized search stopping at `ceil(0.002 * cell)`
+//!   candidates. On unclustered keys IceFormer's construction picks poor parents
+//!   (measured: median parent rank 17 of 240 at n = 4096, d = 64), which caps recall.
+//! - **Insertion** (1.4). Key `i` goes to level `l`, the largest with `r^l | i`
+//!   (`r = ceil(n_total^(1/levels))`, deterministic as IceFormer's promotion ratio),
+//!   raised while the level below it would have no parent. Its parent comes from a
+//!   construction search. A key placed above level 0 adopts every key of the level
+//!   below that is closer to it than to its current parent (re-parenting).
+//! - **Max-norm rule** (1.4, ours). The transform needs `M^2 >= ||k||^2` for every
+//!   key. `build` takes an optional bound; a later key above it triggers a rebuild
+//!   of the whole index with `M^2 = 1.25 * ||k||^2` (the headroom makes repeated
+//!   rebuilds under slowly growing norms geometric, so rare). Results stay exact
+//!   functions of the key set and the bound.
+
+use super::params::KnnParams;
+use super::simd::{dot, scan_cell, scan_cell4, SplitMix64, BLOCK};
+use super::TopK;
+use crate::attention::Rows;
+use crate::gemm::{self, MatRef};
+use std::cmp::Ordering;
+
+/// Ids pulled per step from a simple index in IceFormer (`CLOSEST`): cells up to this
+/// size are scored exhaustively (see the module doc).
+pub const CLOSEST: usize = 128;
+
+/// Squared-norm headroom when a key above the bound forces a rebuild.
+const REBUILD_HEADROOM: f32 = 1.25;
+
+const NONE: u32 = u32::MAX;
+
+/// The children of one parent (or the top-level keys, for the root).
+#[derive(Clone, Debug, Default)]
+struct Cell {
+    ids: Vec<u32>,
+    /// Column capacity of `soa`, a multiple of [`BLOCK`].
+    cap: usize,
+    /// `(d + 1) x cap`, row-major: row `c < d` holds coordinate `c` of each child,
+    /// row `d` the augmentation `a_k`; unused columns are zero.
+    soa: Vec<f32>,
+    /// Per simple index, the children as `(projection, local index)` sorted by projection.
+    sorted: Vec<Vec<(f32, u32)>>,
+}
+
+impl Cell {
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn push(&mut self, id: u32, key: &[f32], aug: f32, proj: &[f32]) {
+        let rows = key.len() + 1;
+        let local = self.ids.len();
+        if local == self.cap {
+            let cap = self.cap + BLOCK;
+            let mut soa = vec![0.0; rows * cap];
+            for r in 0..rows {
+                soa[r * cap..r * cap + self.cap].copy_from_slice(&self.soa[r * self.cap..(r + 1) * self.cap]);
+            }
+            self.soa = soa;
+            self.cap = cap;
+        }
+        for (r, x) in key.iter().chain(std::iter::once(&aug)).enumerate() {
+            self.soa[r * self.cap + local] = *x;
+        }
+        self.ids.push(id);
+        if self.sorted.len() < proj.len() {
+            self.sorted.resize(proj.len(), Vec::new());
+        }
+        for (list, &p) in self.sorted.iter_mut().zip(proj) {
+            let at = list.partition_point(|e| e.0 < p || (e.0 == p && e.1 < local as u32));
+            list.insert(at, (p, local as u32));
+        }
+    }
+
+    /// Removes local child `local` (the last child takes its place).
+    fn swap_remove(&mut self, local: usize, rows: usize) {
+        let last = self.ids.len() - 1;
+        for r in 0..rows {
+            self.soa[r * self.cap + local] = self.soa[r * self.cap + last];
+            self.soa[r * self.cap + last] = 0.0;
+        }
+        self.ids.swap_remove(local);
+        for list in &mut self.sorted {
+            list.retain(|e| e.1 != local as u32);
+            for e in list.iter_mut() {
+                if e.1 == last as u32 {
+                    e.1 = local as u32;
+                }
+            }
+        }
+    }
+}
+
+/// Reusable state of one search (no allocation per query once warm).
+#[derive(Clone, Debug, Default)]
+pub(super) struct Scratch {
+    /// `[q; 0]` or `[k; a_k]`, length `d + 1`.
+    qa: Vec<f32>,
+    /// The query's projections (computed when a big cell needs them).
+    qproj: Vec<f32>,
+    qproj_ready: bool,
+    scores: Vec<f32>,
+    cand: Vec<(f32, u32)>,
+    expand: Vec<u32>,
+    // Prioritized traversal state.
+    left: Vec<isize>,
+    right: Vec<isize>,
+    priority: Vec<f32>,
+    counts: Vec<u32>,
+    checked: Vec<bool>,
+    batch: BatchScratch,
+}
+
+/// Per-block state of [`KnnIndex::query_batch`].
+#[derive(Clone, Debug, Default)]
+struct BatchScratch {
+    scores: Vec<f32>,
+    saved_ids: Vec<u32>,
+    saved_dots: Vec<f32>,
+    saved_len: Vec<u32>,
+    saved_scored: Vec<u32>,
+    expand: Vec<u32>,
+    expand_at: Vec<u32>,
+    /// Rows expanding each cell (counting sort by cell): `pairs[cell_start[c]..cell_start[c + 1]]`.
+    cell_start: Vec<u32>,
+    fill: Vec<u32>,
+    pairs: Vec<u32>,
+}
+
+/// Offers `(id, dot)` to the min-heap `ids/dots[..len]` of capacity `ids.len()`
+/// (the same heap as [`TopK`]'s, kept in the block's saved state).
+#[inline(always)]
+fn heap_offer(ids: &mut [u32], dots: &mut [f32], len: &mut u32, id: u32, dot: f32) {
+    let n = *len as usize;
+    if n < ids.len() {
+        let mut i = n;
+        while i > 0 {
+            let p = (i - 1) / 2;
+            if dot < dots[p] {
+                dots[i] = dots[p];
+                ids[i] = ids[p];
+                i = p;
+            } else {
+                break;
+            }
+        }
+        dots[i] = dot;
+        ids[i] = id;
+        *len += 1;
+    } else if dot > dots[0] {
+        let mut i = 0;
+        loop {
+            let l = 2 * i + 1;
+            if l >= n {
+                break;
+            }
+            let c = if l + 1 < n && dots[l + 1] < dots[l] { l + 1 } else { l };
+            if dots[c] < dot {
+                dots[i] = dots[c];
+                ids[i] = ids[c];
+                i = c;
+            } else {
+                break;
+            }
+        }
+        dots[i] = dot;
+        ids[i] = id;
+    }
+}
+
+/// What a cell search ranks by.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Exact `q . k` (larger is better), query projections normalised.
+    Query,
+    /// Transformed key-key distance `M^2 - x.k - a_x a_k` (smaller is better).
+    Construct,
+}
+
+/// A Prioritized-DCI k-NN index over the keys of one (batch, kv-head); see the module
+/// doc for the algorithm and ../shared/ALGORITHMS.md section 1.
+#[derive(Clone, Debug)]
+pub struct KnnIndex {
+    d: usize,
+    params: KnnParams,
+    /// `L_c * m` unit directions in `R^(d+1)`: the first `d` coordinates of each ...
+    proj: Vec<f32>,
+    /// ... and its last coordinate (multiplies `a_k`).
+    proj_aug: Vec<f32>,
+    max_norm_sq: f32,
+    keys: Vec<f32>,
+    norm_sq: Vec<f32>,
+    aug: Vec<f32>,
+    kproj: Vec<f32>,
+    level: Vec<u8>,
+    parent: Vec<u32>,
+    parent_dist: Vec<f32>,
+    /// Cell index of each key's children (`NONE` on level 0); cell 0 is the root.
+    cell_of: Vec<u32>,
+    /// Keys in each key's subtree, itself included (IceFormer's finest-level count).
+    subtree: Vec<u32>,
+    cells: Vec<Cell>,
+    by_level: Vec<Vec<u32>>,
+    /// Keys above level 0, and their rows (`U x d`): [`KnnIndex::query_batch`] scores
+    /// them for a block of queries with one GEMM.
+    upper_ids: Vec<u32>,
+    upper_keys: Vec<f32>,
+    /// Position of each key in `upper_ids` (`NONE` on level 0).
+    upper_pos: Vec<u32>,
+    num_levels: usize,
+    /// Promotion ratio of incremental insertion.
+    ratio: usize,
+}
+
+fn ratio_for(total: usize, levels: usize) -> usize {
+    ((total.max(2) as f64).powf(1.0 / levels.max(1) as f64).ceil() as usize).max(2)
+}
+
+/// Descending score, then ascending id: a total order, so selections are reproducible.
+fn by_score_desc(a: &(f32, u32), b: &(f32, u32)) -> Ordering {
+    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
+impl KnnIndex {
+    /// Builds the index over `keys` (all rows; pass a row slice for key padding).
+    /// `max_norm_sq_bound` is an upper bound `M^2` on squared key norms, for an index
+    /// that will receive later keys (decode); `None` uses the max over `keys`.
+    pub fn build(keys: Rows<'_>, params: &KnnParams, max_norm_sq_bound: Option<f32>) -> KnnIndex {
+        assert!(keys.in_bounds(), "keys are shorter than their shape");
+        let mut owned = Vec::with_capacity(keys.rows * keys.cols);
+        for i in 0..keys.rows {
+            owned.extend_from_slice(keys.row(i));
+        }
+        Self::build_owned(owned, keys.cols, params, max_norm_sq_bound, ratio_for(keys.rows, params.levels))
+    }
+
+    fn build_owned(keys: Vec<f32>, d: usize, params: &KnnParams, bound: Option<f32>, ratio: usize) -> KnnIndex {
+        let n = keys.len().checked_div(d).unwrap_or(0);
+        let nidx = params.num_indices().max(1);
+        let mut rng = SplitMix64::new(params.seed);
+        // Projection directions: N(0, I) in R^(d+1), normalised (dci_gen_proj_vec).
+        let mut proj = vec![0.0f32; nidx * d];
+        let mut proj_aug = vec![0.0f32; nidx];
+        for j in 0..nidx {
+            let v: Vec<f64> = (0..=d).map(|_| rng.normal()).collect();
+            let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
+            for c in 0..d {
+                proj[j * d + c] = (v[c] / norm) as f32;
+            }
+            proj_aug[j] = (v[d] / norm) as f32;
+        }
+        let norm_sq: Vec<f32> = keys.chunks_exact(d.max(1)).take(n).map(|k| dot(k, k)).collect();
+        let max_seen = norm_sq.iter().copied().filter(|x| x.is_finite()).fold(0.0f32, f32::max);
+        let max_norm_sq = bound.unwrap_or(0.0).max(max_seen);
+        let aug: Vec<f32> = norm_sq.iter().map(|&s| (max_norm_sq - s).max(0.0).sqrt()).collect();
+        let mut kproj = vec![0.0f32; n * nidx];
+        if n > 0 && d > 0 {
+            gemm::sgemm(1.0, MatRef::new(&keys, n, d), MatRef::new(&proj, nidx, d).t(), 0.0, &mut kproj);
+        }
+        for (row, a) in kproj.chunks_exact_mut(nidx).zip(&aug) {
+            row.iter_mut().zip(&proj_aug).for_each(|(p, u)| *p += a * u);
+        }
+        let mut idx = KnnIndex {
+            d,
+            params: params.clone(),
+            proj,
+            proj_aug,
+            max_norm_sq,
+            keys,
+            norm_sq,
+            aug,
+            kproj,
+            level: vec![0; n],
+            parent: vec![NONE; n],
+            parent_dist: vec![0.0; n],
+            cell_of: vec![NONE; n],
+            subtree: vec![1; n],
+            cells: vec![Cell::default()],
+            by_level: Vec::new(),
+            upper_ids: Vec::new(),
+            upper_keys: Vec::new(),
+            upper_pos: vec![NONE; n],
+            num_levels: params.levels.max(1),
+            ratio,
+        };
+        idx.bulk_tree(&mut rng);
+        idx
+    }
+
+    /// Draws levels and attaches every key (construct_new_tree). Every level is
+    /// populated whenever there are at least `levels` keys (IceFormer redraws until
+    /// it is; we redraw a few times, then promote keys of the fullest level into the
+    /// empty ones); with fewer keys, key `i` takes level `top - i`.
+    fn bulk_tree(&mut self, rng: &mut SplitMix64) {
+        let n = self.len();
+        let levels = self.num_levels;
+        let top = levels - 1;
+        let p = (n.max(1) as f64).powf(-1.0 / levels as f64);
+        let mut lv = vec![0u8; n];
+        if n < levels {
+            lv.iter_mut().enumerate().for_each(|(i, l)| *l = (top - i) as u8);
+        } else {
+            for _attempt in 0..16 {
+                for l in lv.iter_mut() {
+                    let mut h = 0;
+                    while h < top && rng.next_f64() <= p {
+                        h += 1;
+                    }
+                    *l = h as u8;
+                }
+                if (0..levels).all(|h| lv.contains(&(h as u8))) {
+                    break;
+                }
+            }
+            for h in (0..levels).rev() {
+                if !lv.contains(&(h as u8)) {
+                    let mut count = vec![0usize; levels];
+                    lv.iter().for_each(|&l| count[l as usize] += 1);
+                    let fullest = (0..levels).max_by_key(|&l| (count[l], usize::MAX - l)).unwrap_or(0) as u8;
+                    let pick = lv.iter().position(|&l| l == fullest).unwrap_or(0);
+                    lv[pick] = h as u8;
+                }
+            }
+        }
+        self.by_level = vec![Vec::new(); levels];
+        for (i, &l) in lv.iter().enumerate() {
+            self.level[i] = l;
+            self.by_level[l as usize].push(i as u32);
+            if l > 0 {
+                self.add_upper(i as u32);
+            }
+        }
+        for i in 0..self.by_level[top].len() {
+            let id = self.by_level[top][i];
+            self.attach(id, NONE, 0.0);
+        }
+        for l in (0..top).rev() {
+            let members = self.by_level[l].clone();
+            let mut found = vec![(NONE, 0.0f32); members.len()];
+            let chunk = 64;
+            let parts: Vec<std::sync::Mutex<&mut [(u32, f32)]>> =
+                found.chunks_mut(chunk).map(std::sync::Mutex::new).collect();
+            let this = &*self;
+            // With `construction_scan`, every candidate parent of a chunk of keys is
+            // scored at once: one GEMM against the keys above level 0.
+            let batched = this.params.construction_scan && !this.upper_ids.is_empty();
+            crate::parallel::for_each_index(parts.len(), &|c| {
+                let mut s = Scratch::default();
+                let mut slot = parts[c].lock().unwrap_or_else(|e| e.into_inner());
+                if batched {
+                    let (u, d) = (this.upper_ids.len(), this.d);
+                    let ids = &members[c * chunk..c * chunk + slot.len()];
+                    let mut rows = Vec::with_capacity(ids.len() * d);
+                    ids.iter().for_each(|&id| rows.extend_from_slice(this.key(id)));
+                    let mut sc = vec![0.0f32; ids.len() * u];
+                    let km = MatRef::new(&this.upper_keys, u, d).t();
+                    gemm::sgemm(1.0, MatRef::new(&rows, ids.len(), d), km, 0.0, &mut sc);
+                    for (j, out) in slot.iter_mut().enumerate() {
+                        *out = this.find_parent_with(ids[j], l, &mut s, Some(&sc[j * u..(j + 1) * u]));
+                    }
+                } else {
+                    for (j, out) in slot.iter_mut().enumerate() {
+                        *out = this.find_parent(members[c * chunk + j], l, &mut s);
+                    }
+                }
+            });
+            drop(parts);
+            for (id, (p, dist)) in members.iter().zip(found) {
+                self.attach(*id, p, dist);
+            }
+        }
+    }
+
+    /// Keys in the index.
+    pub fn len(&self) -> usize {
+        self.norm_sq.len()
+    }
+
+    /// True when the index holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Key width `d`.
+    pub fn dim(&self) -> usize {
+        self.d
+    }
+
+    /// Populated tree levels.
+    pub fn levels(&self) -> usize {
+        self.num_levels
+    }
+
+    /// The bound `M^2` in use (squared norm every key is lifted to).
+    pub fn max_norm_sq(&self) -> f32 {
+        self.max_norm_sq
+    }
+
+    /// Parameters the index was built with.
+    pub fn params(&self) -> &KnnParams {
+        &self.params
+    }
+
+    /// Sets the promotion ratio of later insertions from the expected final number
+    /// of keys (IceFormer derives it from the whole sequence length).
+    pub fn expect_total(&mut self, total_keys: usize) {
+        self.ratio = ratio_for(total_keys.max(self.len()), self.params.levels);
+    }
+
+    fn add_upper(&mut self, id: u32) {
+        self.upper_pos[id as usize] = self.upper_ids.len() as u32;
+        self.upper_ids.push(id);
+        let (s, d) = (id as usize, self.d);
+        self.upper_keys.extend_from_slice(&self.keys[s * d..(s + 1) * d]);
+    }
+
+    fn key(&self, id: u32) -> &[f32] {
+        &self.keys[id as usize * self.d..(id as usize + 1) * self.d]
+    }
+
+    fn attach(&mut self, id: u32, parent: u32, dist: f32) {
+        let cell = if parent == NONE { 0 } else { self.cell_for(parent) };
+        self.parent[id as usize] = parent;
+        self.parent_dist[id as usize] = dist;
+        let nidx = self.params.num_indices().max(1);
+        let (s, d) = (id as usize, self.d);
+        let key = &self.keys[s * d..(s + 1) * d];
+        let proj = &self.kproj[s * nidx..(s + 1) * nidx];
+        self.cells[cell].push(id, key, self.aug[s], proj);
+        let add = self.subtree[s];
+        let mut p = parent;
+        while p != NONE {
+            self.subtree[p as usize] += add;
+            p = self.parent[p as usize];
+        }
+    }
+
+    fn detach(&mut self, id: u32) {
+        let parent = self.parent[id as usize];
+        let cell = if parent == NONE { 0 } else { self.cell_of[parent as usize] as usize };
+        let local = self.cells[cell].ids.iter().position(|&x| x == id).expect("child in its parent's cell");
+        self.cells[cell].swap_remove(local, self.d + 1);
+        let sub = self.subtree[id as usize];
+        let mut p = parent;
+        while p != NONE {
+            self.subtree[p as usize] -= sub;
+            p = self.parent[p as usize];
+        }
+        self.parent[id as usize] = NONE;
+    }
+
+    fn cell_for(&mut self, id: u32) -> usize {
+        if self.cell_of[id as usize] == NONE {
+            self.cell_of[id as usize] = self.cells.len() as u32;
+            self.cells.push(Cell::default());
+        }
+        self.cell_of[id as usize] as usize
+    }
+
+    /// Transformed distance `M^2 - a.b - a_a a_b` between two stored keys.
+    fn key_dist(&self, a: u32, b: u32) -> f32 {
+        self.max_norm_sq - dot(self.key(a), self.key(b)) - self.aug[a as usize] * self.aug[b as usize]
+    }
+
+    /// The parent of key `id` among keys on levels above `level` (dci_assign_parent:
+    /// a non-cumulative multi-level search with the construction config, 1 neighbour).
+    fn find_parent(&self, id: u32, level: usize, s: &mut Scratch) -> (u32, f32) {
+        self.find_parent_with(id, level, s, None)
+    }
+
+    /// [`Self::find_parent`], optionally reading `key . upper_key` from `dots` (indexed
+    /// like `upper_ids`) instead of scanning cells (construction scan only).
+    fn find_parent_with(&self, id: u32, level: usize, s: &mut Scratch, dots: Option<&[f32]>) -> (u32, f32) {
+        let nidx = self.params.num_indices().max(1);
+        s.qa.clear();
+        s.qa.extend_from_slice(self.key(id));
+        s.qa.push(self.aug[id as usize]);
+        s.qproj.clear();
+        s.qproj.extend_from_slice(&self.kproj[id as usize * nidx..(id as usize + 1) * nidx]);
+        s.qproj_ready = true;
+        let fov = self.params.construction_field_of_view.max(1);
+        let populated = self.num_levels - level - 1;
+        let root_want = if populated <= 1 { 1 } else { fov };
+        let mut cand = std::mem::take(&mut s.cand);
+        cand.clear();
+        self.construct_cell(0, root_want, s, &mut cand, dots);
+        // Intermediate levels keep `fov` parents; the last one keeps the best child.
+        for step in 0..populated.saturating_sub(1) {
+            let want = if step + 2 == populated { 1 } else { fov };
+            cand.sort_by(by_score_desc);
+            cand.truncate(fov);
+            let parents: Vec<u32> = cand.iter().map(|c| c.1).collect();
+            cand.clear();
+            for p in parents {
+                if self.cell_of[p as usize] != NONE {
+                    self.construct_cell(self.cell_of[p as usize] as usize, want, s, &mut cand, dots);
+                }
+            }
+        }
+        let mut best = cand.iter().copied().min_by(by_score_desc);
+        s.cand = cand;
+        if best.is_none() && level + 1 < self.num_levels {
+            // Every expanded parent had an empty cell: fall back to a scan of the
+            // parent level (rare; keeps the one-level-up invariant).
+            best = self.by_level[level + 1].iter().map(|&p| (-self.key_dist(id, p), p)).min_by(by_score_desc);
+        }
+        // Scores are negated distances here.
+        best.map_or((NONE, 0.0), |(sc, p)| (p, -sc))
+    }
+
+    /// A construction search of one cell, with the key's dots to the candidate
+    /// parents precomputed when `dots` is given (every child scored, as the scan does).
+    fn construct_cell(
+        &self,
+        cell: usize,
+        want: usize,
+        s: &mut Scratch,
+        out: &mut Vec<(f32, u32)>,
+        dots: Option<&[f32]>,
+    ) {
+        match dots {
+            Some(row) if self.cells[cell].len() <= CLOSEST => {
+                let (ax, m2) = (s.qa[self.d], self.max_norm_sq);
+                out.extend(
+                    self.cells[cell]
+                        .ids
+                        .iter()
+                        .map(|&c| (row[self.upper_pos[c as usize] as usize] + ax * self.aug[c as usize] - m2, c)),
+                );
+            }
+            _ => self.search_cell(cell, Mode::Construct, want, s, out),
+        }
+    }
+
+    /// Searches one cell, appending `(score, id)` of every candidate whose exact
+    /// score was computed (score = `q . k`, or minus the transformed distance).
+    fn search_cell(&self, cell: usize, mode: Mode, want: usize, s: &mut Scratch, out: &mut Vec<(f32, u32)>) {
+        let c = &self.cells[cell];
+        let len = c.len();
+        if len == 0 {
+            return;
+        }
+        let scan = match mode {
+            Mode::Query => true,
+            Mode::Construct => self.params.construction_scan,
+        };
+        if scan && len <= CLOSEST {
+            s.scores.resize(c.cap, 0.0);
+            // The query's augmentation is 0: its row is skipped.
+            let rows = if mode == Mode::Query { self.d } else { self.d + 1 };
+            scan_cell(&s.qa, &c.soa, rows, c.cap, &mut s.scores);
+            // Construction scores are minus the transformed distance.
+            let shift = if mode == Mode::Construct { self.max_norm_sq } else { 0.0 };
+            out.extend(c.ids.iter().zip(&s.scores).map(|(&id, &sc)| (sc - shift, id)));
+            return;
+        }
+        if mode == Mode::Query && !s.qproj_ready {
+            self.query_projections(s);
+        }
+        let (prop_retrieve, to_visit) = match mode {
+            Mode::Query => (self.params.query_prop_to_retrieve, self.params.num_to_visit.unwrap_or(self.len())),
+            Mode::Construct => (self.params.construction_prop_to_retrieve, 0),
+        };
+        let m = self.params.num_simp_indices.max(1);
+        let lc = self.params.num_comp_indices.max(1);
+        let nidx = lc * m;
+        let retrieve = ((prop_retrieve as f64 * len as f64).ceil() as usize).max(1);
+        let visit = (to_visit * m).max((self.params.prop_to_visit as f64 * (len * m) as f64).ceil() as usize);
+        s.left.clear();
+        s.right.clear();
+        s.priority.clear();
+        for i in 0..nidx {
+            let list = &c.sorted[i];
+            let qp = s.qproj[i];
+            let pos = list.partition_point(|e| e.0 < qp) as isize;
+            s.left.push(pos - 1);
+            s.right.push(pos);
+            s.priority.push(0.0);
+        }
+        // Priority of index i = gap of its next unvisited element.
+        let next_gap = |list: &[(f32, u32)], l: isize, r: isize, qp: f32| -> (f32, bool) {
+            let lg = if l >= 0 { qp - list[l as usize].0 } else { f32::INFINITY };
+            let rg = if (r as usize) < list.len() { list[r as usize].0 - qp } else { f32::INFINITY };
+            if rg < lg {
+                (rg, true)
+            } else {
+                (lg, false)
+            }
+        };
+        for i in 0..nidx {
+            s.priority[i] = next_gap(&c.sorted[i], s.left[i], s.right[i], s.qproj[i]).0;
+        }
+        s.counts.clear();
+        s.counts.resize(lc * len, 0);
+        s.checked.clear();
+        s.checked.resize(len, false);
+        let mut candidates = 0usize;
+        let mut visited = 0usize;
+        while visited < len * m {
+            let mut progressed = false;
+            for comp in 0..lc {
+                let base = comp * m;
+                let mut top = usize::MAX;
+                let mut best = f32::INFINITY;
+                for h in 0..m {
+                    if s.priority[base + h] < best {
+                        best = s.priority[base + h];
+                        top = base + h;
+                    }
+                }
+                if top == usize::MAX {
+                    continue;
+                }
+                progressed = true;
+                let list = &c.sorted[top];
+                let (_, right) = next_gap(list, s.left[top], s.right[top], s.qproj[top]);
+                let pos = if right {
+                    s.right[top] += 1;
+                    (s.right[top] - 1) as usize
+                } else {
+                    s.left[top] -= 1;
+                    (s.left[top] + 1) as usize
+                };
+                s.priority[top] = next_gap(list, s.left[top], s.right[top], s.qproj[top]).0;
+                let local = list[pos].1 as usize;
+                let cnt = &mut s.counts[comp * len + local];
+                *cnt += 1;
+                if *cnt as usize == m && !s.checked[local] {
+                    s.checked[local] = true;
+                    candidates += 1;
+                    let id = c.ids[local];
+                    let k = self.key(id);
+                    let sc = match mode {
+                        Mode::Query => dot(&s.qa[..self.d], k),
+                        Mode::Construct => {
+                            -(self.max_norm_sq - dot(&s.qa[..self.d], k) - s.qa[self.d] * self.aug[id as usize])
+                        }
+                    };
+                    out.push((sc, id));
+                }
+            }
+            visited += 1;
+            if !progressed {
+                break;
+            }
+            if candidates >= want.min(len) && (visited >= visit || candidates >= retrieve) {
+                break;
+            }
+        }
+    }
+
+    fn query_projections(&self, s: &mut Scratch) {
+        let nidx = self.params.num_indices().max(1);
+        let q = &s.qa[..self.d];
+        let norm = dot(q, q).sqrt();
+        let inv = if norm > 0.0 && norm.is_finite() { 1.0 / norm } else { 0.0 };
+        s.qproj.clear();
+        for i in 0..nidx {
+            s.qproj.push(dot(&self.proj[i * self.d..(i + 1) * self.d], q) * inv);
+        }
+        s.qproj_ready = true;
+    }
+
+    /// The (about) `k` keys with the largest `q . k` among keys `0..visible`, with
+    /// their exact dot products, into `out` (sorted by dot, descending). When at most
+    /// `k` keys are visible all of them are returned (exact). Keys `>= visible` may
+    /// still guide the descent but are never returned.
+    pub fn query(&self, q: &[f32], visible: usize, k: usize, out: &mut TopK) {
+        assert_eq!(q.len(), self.d, "query width differs from the keys'");
+        out.reset(k);
+        let vis = visible.min(self.len());
+        if vis == 0 || k == 0 {
+            return;
+        }
+        if vis <= k {
+            for j in 0..vis {
+                out.push(j as u32, dot(q, self.key(j as u32)));
+            }
+            out.scored += vis;
+            out.finish();
+            return;
+        }
+        let mut s = std::mem::take(&mut out.scratch);
+        s.qa.clear();
+        s.qa.extend_from_slice(q);
+        s.qa.push(0.0);
+        s.qproj_ready = false;
+        let fov = self.params.query_fov();
+        let mut cand = std::mem::take(&mut s.cand);
+        let mut expand = std::mem::take(&mut s.expand);
+        cand.clear();
+        let root_want = if self.num_levels <= 1 { k } else { fov };
+        self.search_cell(0, Mode::Query, root_want, &mut s, &mut cand);
+        for level in (0..self.num_levels.saturating_sub(1)).rev() {
+            out.offer(&cand, vis);
+            self.select_expand(&mut cand, fov, k, &mut expand);
+            cand.clear();
+            let want = if level == 0 { k } else { fov };
+            for &p in &expand {
+                let cell = self.cell_of[p as usize];
+                if cell == NONE {
+                    continue;
+                }
+                let c = &self.cells[cell as usize];
+                if level == 0 && c.len() <= CLOSEST {
+                    // Finest level: straight into the top k, no candidate list.
+                    s.scores.resize(c.cap, 0.0);
+                    scan_cell(&s.qa, &c.soa, self.d, c.cap, &mut s.scores);
+                    out.scored += c.len();
+                    for (&id, &sc) in c.ids.iter().zip(&s.scores) {
+                        out.offer_one(id, sc, vis);
+                    }
+                } else {
+                    self.search_cell(cell as usize, Mode::Query, want, &mut s, &mut cand);
+                }
+            }
+        }
+        out.offer(&cand, vis);
+        s.cand = cand;
+        s.expand = expand;
+        out.scratch = s;
+        out.finish();
+    }
+
+    /// [`KnnIndex::query`] for a block of queries that all see keys `0..visible`;
+    /// calls `each(row, &top)` once per row of `q`, in an order of our choosing (rows
+    /// that expand the same finest-level cells run one after the other, so those
+    /// cells are read from cache). The keys above level 0 are scored for the whole
+    /// block with one GEMM (`Q U^T`) instead of cell by cell; the search is otherwise
+    /// the same (upper cells are scored exhaustively, as every cell of at most
+    /// [`CLOSEST`] keys is). Dots may differ from [`KnnIndex::query`]'s in the last
+    /// bits (another summation order), and so may near-ties.
+    pub fn query_batch(
+        &self,
+        q: Rows<'_>,
+        visible: usize,
+        k: usize,
+        top: &mut TopK,
+        mut each: impl FnMut(usize, &TopK),
+    ) {
+        assert!(q.in_bounds() && q.cols == self.d, "queries must be rows of the key width");
+        let vis = visible.min(self.len());
+        if vis <= k || self.num_levels <= 1 || self.upper_ids.is_empty() || k == 0 || q.rows <= 1 {
+            for r in 0..q.rows {
+                self.query(q.row(r), visible, k, top);
+                each(r, top);
+            }
+            return;
+        }
+        let (b, u, d) = (q.rows, self.upper_ids.len(), self.d);
+        let mut s = std::mem::take(&mut top.scratch);
+        let mut bs = std::mem::take(&mut s.batch);
+        // Upper-level scores for UPPER_BLOCK rows at a time (kept in L2).
+        const UPPER_BLOCK: usize = 256;
+        bs.scores.resize(UPPER_BLOCK.min(b) * u, 0.0);
+        let fov = self.params.query_fov();
+        let mut cand = std::mem::take(&mut s.cand);
+        let mut expand = std::mem::take(&mut s.expand);
+        bs.saved_ids.clear();
+        bs.saved_dots.clear();
+        bs.saved_len.clear();
+        bs.saved_scored.clear();
+        bs.expand.clear();
+        bs.expand_at.clear();
+        for r in 0..b {
+            if r % UPPER_BLOCK == 0 {
+                let rows = UPPER_BLOCK.min(b - r);
+                let qm = MatRef { data: &q.data[r * q.stride..], rows, cols: d, row_stride: q.stride, col_stride: 1 };
+                gemm::sgemm(1.0, qm, MatRef::new(&self.upper_keys, u, d).t(), 0.0, &mut bs.scores[..rows * u]);
+            }
+            top.reset(k);
+            let row = &bs.scores[(r % UPPER_BLOCK) * u..(r % UPPER_BLOCK + 1) * u];
+            let oracle = |id: u32| (row[self.upper_pos[id as usize] as usize], id);
+            cand.clear();
+            cand.extend(self.cells[0].ids.iter().map(|&c| oracle(c)));
+            for _level in (1..self.num_levels - 1).rev() {
+                self.offer_selected(top, &mut cand, fov, k, vis, &mut expand);
+                cand.clear();
+                for &p in &expand {
+                    if self.cell_of[p as usize] != NONE {
+                        cand.extend(self.cells[self.cell_of[p as usize] as usize].ids.iter().map(|&c| oracle(c)));
+                    }
+                }
+            }
+            self.offer_selected(top, &mut cand, fov, k, vis, &mut expand);
+            bs.expand_at.push(bs.expand.len() as u32);
+            bs.expand.extend_from_slice(&expand);
+            bs.saved_len.push(top.ids.len() as u32);
+            bs.saved_scored.push(top.scored as u32);
+            bs.saved_ids.extend_from_slice(&top.ids);
+            bs.saved_dots.extend_from_slice(&top.dots);
+            bs.saved_ids.resize((r + 1) * k, 0);
+            bs.saved_dots.resize((r + 1) * k, 0.0);
+        }
+        bs.expand_at.push(bs.expand.len() as u32);
+        // Finest level, cell by cell: every row that expands a cell is scored against
+        // it while the cell is in L1 (rows and cells in a fixed order, so each row's
+        // offers come in the same order whatever the block).
+        let ncells = self.cells.len();
+        bs.cell_start.clear();
+        bs.cell_start.resize(ncells + 1, 0);
+        for &p in &bs.expand {
+            let cell = self.cell_of[p as usize];
+            if cell != NONE {
+                bs.cell_start[cell as usize + 1] += 1;
+            }
+        }
+        for i in 0..ncells {
+            bs.cell_start[i + 1] += bs.cell_start[i];
+        }
+        bs.pairs.clear();
+        bs.pairs.resize(bs.cell_start[ncells] as usize, 0);
+        bs.fill.clear();
+        bs.fill.extend_from_slice(&bs.cell_start[..ncells]);
+        for r in 0..b {
+            for &p in &bs.expand[bs.expand_at[r] as usize..bs.expand_at[r + 1] as usize] {
+                let cell = self.cell_of[p as usize];
+                if cell != NONE {
+                    bs.pairs[bs.fill[cell as usize] as usize] = r as u32;
+                    bs.fill[cell as usize] += 1;
+                }
+            }
+        }
+        for cell in 0..ncells {
+            let c = &self.cells[cell];
+            let rows = &bs.pairs[bs.cell_start[cell] as usize..bs.cell_start[cell + 1] as usize];
+            if rows.is_empty() || c.len() > CLOSEST {
+                continue;
+            }
+            s.scores.resize(4 * c.cap, 0.0);
+            for quad in rows.chunks(4) {
+                // Four rows per pass over the cell (a short last group repeats a row).
+                let pick = |j: usize| q.row(quad[j.min(quad.len() - 1)] as usize);
+                scan_cell4([pick(0), pick(1), pick(2), pick(3)], &c.soa, d, c.cap, &mut s.scores);
+                for (j, &r) in quad.iter().enumerate() {
+                    let r = r as usize;
+                    bs.saved_scored[r] += c.len() as u32;
+                    let (ids, dots) = (&mut bs.saved_ids[r * k..(r + 1) * k], &mut bs.saved_dots[r * k..(r + 1) * k]);
+                    let len = &mut bs.saved_len[r];
+                    let sc_row = &s.scores[j * c.cap..j * c.cap + c.len()];
+                    for (&id, &sc) in c.ids.iter().zip(sc_row) {
+                        if ((*len as usize) < k || sc > dots[0]) && (id as usize) < vis {
+                            heap_offer(ids, dots, len, id, sc);
+                        }
+                    }
+                }
+            }
+        }
+        for r in 0..b {
+            let len = bs.saved_len[r] as usize;
+            top.load(
+                &bs.saved_ids[r * k..r * k + len],
+                &bs.saved_dots[r * k..r * k + len],
+                k,
+                bs.saved_scored[r] as usize,
+            );
+            // Cells too big to scan run the prioritized search, row by row.
+            cand.clear();
+            let mut big = false;
+            for &p in &bs.expand[bs.expand_at[r] as usize..bs.expand_at[r + 1] as usize] {
+                let cell = self.cell_of[p as usize];
+                if cell != NONE && self.cells[cell as usize].len() > CLOSEST {
+                    if !big {
+                        s.qa.clear();
+                        s.qa.extend_from_slice(q.row(r));
+                        s.qa.push(0.0);
+                        s.qproj_ready = false;
+                        big = true;
+                    }
+                    self.search_cell(cell as usize, Mode::Query, k, &mut s, &mut cand);
+                }
+            }
+            top.offer(&cand, vis);
+            top.finish();
+            each(r, top);
+        }
+        s.cand = cand;
+        s.expand = expand;
+        s.batch = bs;
+        top.scratch = s;
+    }
+
+    /// Offers `cand` to `top` and selects the parents to expand. When every key is
+    /// visible and `fov >= k`, only the selected (best) candidates can make the top
+    /// `k`, so only they are offered (same result, far fewer heap updates).
+    fn offer_selected(
+        &self,
+        top: &mut TopK,
+        cand: &mut [(f32, u32)],
+        fov: usize,
+        k: usize,
+        vis: usize,
+        expand: &mut Vec<u32>,
+    ) {
+        if vis < self.len() || fov < k {
+            top.offer(cand, vis);
+            self.select_expand(cand, fov, k, expand);
+        } else {
+            self.select_expand(cand, fov, k, expand);
+            let n = expand.len().min(cand.len());
+            top.offer(&cand[..n], vis);
+            top.scored += cand.len() - n;
+        }
+    }
+
+    /// The parents to expand: the best `fov` by score, extended until their subtrees
+    /// hold at least `k` keys (IceFormer's `min_num_finest_level_points`).
+    fn select_expand(&self, cand: &mut [(f32, u32)], fov: usize, k: usize, expand: &mut Vec<u32>) {
+        expand.clear();
+        let take = fov.min(cand.len());
+        if take < cand.len() {
+            // A lower bound on the take-th best score: the smallest of the maxima of
+            // `take` disjoint groups (each group holds a score >= it). Everything
+            // below it is out; the few that pass are selected exactly.
+            let n = cand.len();
+            let g = n / take;
+            let mut lb = f32::INFINITY;
+            let mut nan = false;
+            for i in 0..take {
+                let end = if i + 1 == take { n } else { (i + 1) * g };
+                let m = cand[i * g..end].iter().fold(f32::NEG_INFINITY, |m, c| {
+                    nan |= c.0.is_nan();
+                    m.max(c.0)
+                });
+                lb = lb.min(m);
+            }
+            let mut w = n;
+            if lb.is_finite() && !nan {
+                // Branch-free compaction: survivors are rare and scattered.
+                w = 0;
+                for i in 0..n {
+                    let keep = cand[i].0 >= lb;
+                    cand.swap(w, i);
+                    w += keep as usize;
+                }
+            }
+            if w > take {
+                cand[..w].select_nth_unstable_by(take, by_score_desc);
+            }
+        }
+        let mut total: usize = cand[..take].iter().map(|c| self.subtree[c.1 as usize] as usize).sum();
+        if total >= k {
+            // Order does not matter past this point (every selected parent is
+            // expanded); skip the sort.
+            expand.extend(cand[..take].iter().map(|c| c.1));
+            return;
+        }
+        cand[..take].sort_unstable_by(by_score_desc);
+        expand.extend(cand[..take].iter().map(|c| c.1));
+        if take < cand.len() {
+            cand[take..].sort_unstable_by(by_score_desc);
+            for c in &cand[take..] {
+                if total >= k {
+                    break;
+                }
+                total += self.subtree[c.1 as usize] as usize;
+                expand.push(c.1);
+            }
+        }
+    }
+
+    /// Appends one key (incremental insertion, the causal / decode path). A key whose
+    /// squared norm exceeds the bound `M^2` rebuilds the index (module doc).
+    pub fn insert(&mut self, key: &[f32]) {
+        assert_eq!(key.len(), self.d, "key width differs from the index's");
+        let ns = dot(key, key);
+        if ns > self.max_norm_sq {
+            let mut keys = std::mem::take(&mut self.keys);
+            keys.extend_from_slice(key);
+            let (ratio, params) = (self.ratio, self.params.clone());
+            *self = Self::build_owned(keys, self.d, &params, Some(ns * REBUILD_HEADROOM), ratio);
+            return;
+        }
+        let id = self.len() as u32;
+        let nidx = self.params.num_indices().max(1);
+        let aug = (self.max_norm_sq - ns).max(0.0).sqrt();
+        self.keys.extend_from_slice(key);
+        self.norm_sq.push(ns);
+        self.aug.push(aug);
+        for i in 0..nidx {
+            let p = dot(&self.proj[i * self.d..(i + 1) * self.d], key) + aug * self.proj_aug[i];
+            self.kproj.push(p);
+        }
+        self.parent.push(NONE);
+        self.parent_dist.push(0.0);
+        self.cell_of.push(NONE);
+        self.subtree.push(1);
+        let top = self.num_levels - 1;
+        let mut level = 0;
+        let mut step = self.ratio;
+        while level < top && (id as usize).is_multiple_of(step) {
+            level += 1;
+            step = step.saturating_mul(self.ratio);
+        }
+        // A level whose parent level is empty cannot take keys yet: move up.
+        while level < top && self.by_level[level + 1].is_empty() {
+            level += 1;
+        }
+        if self.by_level[top].is_empty() {
+            level = top;
+        }
+        self.level.push(level as u8);
+        self.by_level[level].push(id);
+        self.upper_pos.push(NONE);
+        if level > 0 {
+            self.add_upper(id);
+        }
+        if level == top {
+            self.attach(id, NONE, 0.0);
+        } else {
+            let mut s = Scratch::default();
+            let (p, dist) = self.find_parent(id, level, &mut s);
+            self.attach(id, p, dist);
+        }
+        if level > 0 {
+            // Re-parenting: keys one level down that are closer to the new key.
+            let lower = self.by_level[level - 1].clone();
+            for low in lower {
+                let dist = self.key_dist(low, id);
+                if self.parent_dist[low as usize] - dist > 1e-8 {
+                    self.detach(low);
+                    self.attach(low, id, dist);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `||T_Q(q) - T_K(k)||^2` in f64 from the index's augmentation.
+    fn transformed_dist(idx: &KnnIndex, q: &[f32], id: u32) -> f64 {
+        let qn = q.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let k = idx.key(id);
+        let mut s: f64 = q.iter().zip(k).map(|(a, b)| (*a as f64 / qn - *b as f64).powi(2)).sum();
+        s += (idx.aug[id as usize] as f64).powi(2);
+        s
+    }
+
+    #[test]
+    fn the_mips_transform_ranks_keys_like_the_inner_product() {
+        let (n, d) = (500, 16);
+        let mut r = SplitMix64::new(3);
+        // Keys of very different norms: the augmentation is what makes this work.
+        let keys: Vec<f32> = (0..n * d).map(|i| r.normal() as f32 * (1.0 + (i / d % 7) as f32)).collect();
+        let idx = KnnIndex::build(Rows::new(&keys, n, d), &KnnParams::default(), None);
+        let m2 = idx.max_norm_sq() as f64;
+        for _ in 0..20 {
+            let q: Vec<f32> = (0..d).map(|_| r.normal() as f32).collect();
+            let qn = q.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            let mut by_ip: Vec<u32> = (0..n as u32).collect();
+            let ip = |j: u32| q.iter().zip(idx.key(j)).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();
+            by_ip.sort_by(|a, b| ip(*b).total_cmp(&ip(*a)));
+            let mut by_dist = by_ip.clone();
+            by_dist.sort_by(|a, b| transformed_dist(&idx, &q, *a).total_cmp(&transformed_dist(&idx, &q, *b)));
+            assert_eq!(by_ip[..50], by_dist[..50]);
+            // ||T_Q q - T_K k||^2 = 1 + M^2 - 2 q.k / |q| (section 1.2).
+            for j in [0u32, 7, 99] {
+                let want = 1.0 + m2 - 2.0 * ip(j) / qn;
+                assert!((transformed_dist(&idx, &q, j) - want).abs() < 1e-3 * (1.0 + want.abs()));
+            }
+        }
+    }
+
+    #[test]
+    fn every_key_sits_one_level_below_its_parent_and_in_its_cell() {
+        let (n, d) = (3000, 8);
+        let mut r = SplitMix64::new(9);
+        let keys: Vec<f32> = (0..n * d).map(|_| r.normal() as f32).collect();
+        for scan in [false, true] {
+            let p = KnnParams { construction_scan: scan, ..Default::default() };
+            let mut idx = KnnIndex::build(Rows::new(&keys, 2000, d), &p, None);
+            for j in 2000..n {
+                idx.insert(&keys[j * d..(j + 1) * d]);
+            }
+            let mut seen = 0;
+            for id in 0..n as u32 {
+                let par = idx.parent[id as usize];
+                let cell = if par == NONE {
+                    assert_eq!(idx.level[id as usize] as usize, idx.levels() - 1);
+                    0
+                } else {
+                    assert_eq!(idx.level[par as usize], idx.level[id as usize] + 1);
+                    idx.cell_of[par as usize] as usize
+                };
+                assert!(idx.cells[cell].ids.contains(&id));
+                seen += 1;
+            }
+            assert_eq!(seen, idx.cells.iter().map(Cell::len).sum::<usize>());
+            let top_sub: u32 = idx.cells[0].ids.iter().map(|&t| idx.subtree[t as usize]).sum();
+            assert_eq!(top_sub as usize, n, "subtree counts add up");
+        }
+    }
+}

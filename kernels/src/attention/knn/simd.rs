@@ -1,0 +1,291 @@
+//! The two inner loops of k-NN attention, written once over
+//! [`Simd`](crate::vecmath::simd::Simd) and dispatched once per process (the pattern
+//! of `vecmath/dispatch.rs`):
+//!
+//! - [`scan_cell`]: the dot products of one query with every child of a tree cell.
+//!   Children are stored transposed (one row per coordinate, the row padded to a
+//!   multiple of [`BLOCK`] children), so a cell is scored with broadcast-multiply-add
+//!   over contiguous memory and no horizontal reductions.
+//! - [`dot`]: one dot product of two rows (re-parenting, tiny exact cases).
+//!
+//! Also the seeded generator (SplitMix64 + Box-Muller) the index draws from.
+
+use crate::vecmath::simd::{Scalar, Simd};
+use std::sync::OnceLock;
+
+/// Children per column block of a cell's transposed storage.
+pub const BLOCK: usize = 16;
+
+/// `out[j] = sum_{c < rows} q[c] * soa[c * cap + j]` for `j < cap`.
+type ScanFn = fn(q: &[f32], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]);
+type DotFn = fn(a: &[f32], b: &[f32]) -> f32;
+type Scan4Fn = fn(q: [&[f32]; 4], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]);
+
+#[inline(always)]
+fn scan_generic<S: Simd>(s: S, q: &[f32], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]) {
+    assert!(cap.is_multiple_of(BLOCK) && q.len() >= rows && soa.len() >= rows * cap && out.len() >= cap);
+    let mut o = 0;
+    while o < cap {
+        // Four partial sums over the coordinates keep four FMA chains in flight.
+        let (mut a0, mut a1, mut a2, mut a3) = (s.splat(0.0), s.splat(0.0), s.splat(0.0), s.splat(0.0));
+        let mut c = 0;
+        while c + 4 <= rows {
+            a0 = s.mul_add(s.splat(q[c]), s.load(&soa[c * cap + o..]), a0);
+            a1 = s.mul_add(s.splat(q[c + 1]), s.load(&soa[(c + 1) * cap + o..]), a1);
+            a2 = s.mul_add(s.splat(q[c + 2]), s.load(&soa[(c + 2) * cap + o..]), a2);
+            a3 = s.mul_add(s.splat(q[c + 3]), s.load(&soa[(c + 3) * cap + o..]), a3);
+            c += 4;
+        }
+        while c < rows {
+            a0 = s.mul_add(s.splat(q[c]), s.load(&soa[c * cap + o..]), a0);
+            c += 1;
+        }
+        s.store(s.add(s.add(a0, a1), s.add(a2, a3)), &mut out[o..]);
+        o += S::LANES;
+    }
+}
+
+/// Four queries against one cell: `out[j * cap + i] = sum_c q_j[c] * soa[c * cap + i]`.
+/// Each cell vector is loaded once for the four (a 4 x LANES register tile).
+#[inline(always)]
+fn scan4_generic<S: Simd>(s: S, q: [&[f32]; 4], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]) {
+    assert!(cap.is_multiple_of(BLOCK) && soa.len() >= rows * cap && out.len() >= 4 * cap);
+    assert!(q.iter().all(|x| x.len() >= rows));
+    let mut o = 0;
+    while o < cap {
+        let (mut a0, mut a1, mut a2, mut a3) = (s.splat(0.0), s.splat(0.0), s.splat(0.0), s.splat(0.0));
+        for c in 0..rows {
+            let x = s.load(&soa[c * cap + o..]);
+            a0 = s.mul_add(s.splat(q[0][c]), x, a0);
+            a1 = s.mul_add(s.splat(q[1][c]), x, a1);
+            a2 = s.mul_add(s.splat(q[2][c]), x, a2);
+            a3 = s.mul_add(s.splat(q[3][c]), x, a3);
+        }
+        s.store(a0, &mut out[o..]);
+        s.store(a1, &mut out[cap + o..]);
+        s.store(a2, &mut out[2 * cap + o..]);
+        s.store(a3, &mut out[3 * cap + o..]);
+        o += S::LANES;
+    }
+}
+
+#[inline(always)]
+fn dot_generic<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (mut a0, mut a1) = (s.splat(0.0), s.splat(0.0));
+    let mut i = 0;
+    while i + 2 * S::LANES <= n {
+        a0 = s.mul_add(s.load(&a[i..]), s.load(&b[i..]), a0);
+        a1 = s.mul_add(s.load(&a[i + S::LANES..]), s.load(&b[i + S::LANES..]), a1);
+        i += 2 * S::LANES;
+    }
+    while i + S::LANES <= n {
+        a0 = s.mul_add(s.load(&a[i..]), s.load(&b[i..]), a0);
+        i += S::LANES;
+    }
+    let mut t = s.reduce_sum(s.add(a0, a1));
+    while i < n {
+        t += a[i] * b[i];
+        i += 1;
+    }
+    t
+}
+
+/// Safe entry points for one instruction set; `$features` are enabled on an inner
+/// function that the table below hands out only after detecting them.
+macro_rules! entries {
+    ($m:ident, $tok:ty $(, $features:literal)?) => {
+        mod $m {
+            use super::*;
+            #[allow(unused_imports)]
+            use crate::vecmath::*;
+            pub fn scan(q: &[f32], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]) {
+                $(#[target_feature(enable = $features)])?
+                unsafe fn inner(q: &[f32], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]) {
+                    // SAFETY: `kernels()` hands this entry out only after detecting the features.
+                    let s = unsafe { <$tok>::new_unchecked() };
+                    scan_generic(s, q, soa, rows, cap, out)
+                }
+                // SAFETY: as above, the CPU has the features of `$tok`.
+                unsafe { inner(q, soa, rows, cap, out) }
+            }
+            pub fn scan4(q: [&[f32]; 4], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]) {
+                $(#[target_feature(enable = $features)])?
+                unsafe fn inner(q: [&[f32]; 4], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]) {
+                    // SAFETY: as for `scan`.
+                    let s = unsafe { <$tok>::new_unchecked() };
+                    scan4_generic(s, q, soa, rows, cap, out)
+                }
+                // SAFETY: as for `scan`.
+                unsafe { inner(q, soa, rows, cap, out) }
+            }
+            pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+                $(#[target_feature(enable = $features)])?
+                unsafe fn inner(a: &[f32], b: &[f32]) -> f32 {
+                    // SAFETY: as for `scan`.
+                    let s = unsafe { <$tok>::new_unchecked() };
+                    dot_generic(s, a, b)
+                }
+                // SAFETY: as for `scan`.
+                unsafe { inner(a, b) }
+            }
+        }
+    };
+}
+
+/// The scalar token has no features to prove; `new_unchecked` mirrors the others.
+trait Unchecked {
+    /// # Safety
+    /// The CPU must have the token's features.
+    unsafe fn new_unchecked() -> Self;
+}
+impl Unchecked for Scalar {
+    unsafe fn new_unchecked() -> Self {
+        Scalar
+    }
+}
+
+entries!(scalar, Scalar);
+#[cfg(target_arch = "x86_64")]
+entries!(avx512, x86::Avx512, "avx512f");
+#[cfg(target_arch = "x86_64")]
+entries!(avx2, x86::Avx2Fma, "avx2,fma");
+#[cfg(target_arch = "aarch64")]
+entries!(neon, neon::Neon, "neon");
+
+#[derive(Clone, Copy)]
+struct Kernels {
+    scan: ScanFn,
+    scan4: Scan4Fn,
+    dot: DotFn,
+}
+
+fn kernels() -> Kernels {
+    static K: OnceLock<Kernels> = OnceLock::new();
+    *K.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::vecmath::x86::Avx512::new().is_some() {
+                return Kernels { scan: avx512::scan, scan4: avx512::scan4, dot: avx512::dot };
+            }
+            if crate::vecmath::x86::Avx2Fma::new().is_some() {
+                return Kernels { scan: avx2::scan, scan4: avx2::scan4, dot: avx2::dot };
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if crate::vecmath::neon::Neon::new().is_some() {
+                return Kernels { scan: neon::scan, scan4: neon::scan4, dot: neon::dot };
+            }
+        }
+        Kernels { scan: scalar::scan, scan4: scalar::scan4, dot: scalar::dot }
+    })
+}
+
+/// Scores a cell: `out[j] = sum_{c < rows} q[c] * soa[c * cap + j]` for `j < cap`
+/// (`cap` a multiple of [`BLOCK`]). Panics if a slice is too short.
+#[inline]
+pub fn scan_cell(q: &[f32], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]) {
+    (kernels().scan)(q, soa, rows, cap, out)
+}
+
+/// [`scan_cell`] for four queries at once (`out` holds four rows of `cap`).
+#[inline]
+pub fn scan_cell4(q: [&[f32]; 4], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]) {
+    (kernels().scan4)(q, soa, rows, cap, out)
+}
+
+/// `a . b` over the shorter length.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    (kernels().dot)(a, b)
+}
+
+/// SplitMix64 (Steele, Lea and Flood 2014): tiny, seedable, good enough for random
+/// projections and level draws.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)` with 53 random bits.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Standard normal (Box-Muller, one of the pair).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.next_f64(); // (0, 1]
+        let u2 = self.next_f64();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_isa_scans_and_dots_like_the_scalar_path_at_the_slice_bounds() {
+        for rows in [1, 3, 4, 7, 65] {
+            for cap in [BLOCK, 2 * BLOCK] {
+                let soa: Vec<f32> = (0..rows * cap).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+                let q: Vec<f32> = (0..rows).map(|i| (i as f32 - 3.0) / 7.0).collect();
+                // Exactly-sized slices: the last load ends at the last element.
+                let mut want = vec![0.0; cap];
+                scalar::scan(&q, &soa, rows, cap, &mut want);
+                let mut got = vec![0.0; cap];
+                scan_cell(&q, &soa, rows, cap, &mut got);
+                for j in 0..cap {
+                    let exact: f64 = (0..rows).map(|c| q[c] as f64 * soa[c * cap + j] as f64).sum();
+                    assert!((got[j] as f64 - exact).abs() < 1e-4 * (1.0 + exact.abs()), "rows {rows} j {j}");
+                    assert!((want[j] as f64 - exact).abs() < 1e-4 * (1.0 + exact.abs()));
+                }
+                let mut four = vec![0.0; 4 * cap];
+                let qs: Vec<Vec<f32>> = (0..4).map(|j| q.iter().map(|x| x * (j as f32 + 1.0)).collect()).collect();
+                scan_cell4([&qs[0], &qs[1], &qs[2], &qs[3]], &soa, rows, cap, &mut four);
+                for j in 0..4 {
+                    for i in 0..cap {
+                        let e = got[i] * (j as f32 + 1.0);
+                        assert!((four[j * cap + i] - e).abs() < 1e-4 * (1.0 + e.abs()), "scan4 rows {rows}");
+                    }
+                }
+                let n = rows * cap;
+                let d = dot(&soa[..n], &soa[..n]);
+                let e: f64 = soa.iter().map(|x| (*x as f64).powi(2)).sum();
+                assert!((d as f64 - e).abs() < 1e-3 * e);
+                assert!(
+                    (scalar::dot(&soa[..n - 1], &soa[..n]) as f64 - e + (soa[n - 1] as f64).powi(2)).abs() < 1e-3 * e
+                );
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic]
+    fn a_short_cell_buffer_panics_instead_of_reading_past_it() {
+        let soa = vec![0.0; 4 * BLOCK - 1];
+        let mut out = vec![0.0; BLOCK];
+        scan_cell(&[1.0; 4], &soa, 4, BLOCK, &mut out);
+    }
+
+    #[test]
+    fn splitmix_normals_look_standard() {
+        let mut r = SplitMix64::new(7);
+        let xs: Vec<f64> = (0..20000).map(|_| r.normal()).collect();
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
+        assert!(mean.abs() < 0.03 && (var - 1.0).abs() < 0.05, "{mean} {var}");
+    }
+}
