@@ -27,6 +27,10 @@ enum Command {
     /// Time a model: load, latency percentiles (median line), throughput, peak
     /// memory and a per-op time table.
     Bench(commands::bench::BenchArgs),
+    /// Run two models on the same inputs: per-output max abs error, cosine and
+    /// top-1 agreement, and the latency ratio (e.g. two .floe files converted with
+    /// different --attention settings).
+    Compare(commands::compare::CompareArgs),
     /// Show a model's inputs and outputs (with symbolic dims), op histogram,
     /// parameter count and bytes, opsets, and any unsupported ops.
     Inspect(commands::inspect::InspectArgs),
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Command::Run(a) => commands::run::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
+        Command::Compare(a) => commands::compare::run(a),
         #[cfg(feature = "onnx")]
         Command::Conformance(a) => commands::conformance::run(a),
         #[cfg(feature = "onnx")]

@@ -253,3 +253,23 @@ fn file_converted_for_this_machine_runs_without_a_warning() {
     ]);
     assert!(!o.status.success() && text(&o).contains("rpi9") && text(&o).contains("rpi4-aarch64"), "{}", text(&o));
 }
+
+#[test]
+fn compare_reports_agreement_of_an_onnx_model_and_its_quantized_floe() {
+    let q = tmp("te-int8.floe");
+    let model = repo("examples/models/transformer_encoder.onnx");
+    let o = floe(&["convert", &model, "-o", q.to_str().unwrap(), "--quantize", "int8"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = floe(&["compare", &model, q.to_str().unwrap(), "--dim", "S=24", "--runs", "3", "--threads", "1"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let row = t.lines().find(|l| l.starts_with("encoded")).unwrap_or_else(|| panic!("{t}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    let (err, cos): (f64, f64) = (cols[1].parse().unwrap(), cols[2].parse().unwrap());
+    // int8 weights: a visible but small difference, direction kept
+    assert!(err > 0.0 && err < 0.5 && cos > 0.999 && cos < 1.0, "{t}");
+    assert!(t.contains("B/A ="), "{t}");
+    // a model with different inputs is refused, naming the input
+    let o = floe(&["compare", &model, &repo("examples/models/keyword_cnn.onnx"), "--dim", "S=24", "--dim", "T=100"]);
+    assert!(!o.status.success() && text(&o).contains("hidden"), "{}", text(&o));
+}

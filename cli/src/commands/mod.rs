@@ -1,6 +1,7 @@
 //! One module per subcommand; shared helpers for loading models and inputs.
 
 pub mod bench;
+pub mod compare;
 #[cfg(feature = "onnx")]
 pub mod conformance;
 #[cfg(feature = "onnx")]
