@@ -147,11 +147,11 @@ impl Unchecked for Scalar {
 
 entries!(scalar, Scalar);
 #[cfg(target_arch = "x86_64")]
-entries!(avx512, x86::Avx512, "avx512f");
+entries!(avx512, crate::vecmath::x86::Avx512, "avx512f");
 #[cfg(target_arch = "x86_64")]
-entries!(avx2, x86::Avx2Fma, "avx2,fma");
+entries!(avx2, crate::vecmath::x86::Avx2Fma, "avx2,fma");
 #[cfg(target_arch = "aarch64")]
-entries!(neon, neon::Neon, "neon");
+entries!(neon, crate::vecmath::neon::Neon, "neon");
 
 #[derive(Clone, Copy)]
 struct Kernels {
