@@ -158,3 +158,13 @@ fn transformer_encoder_fuses_both_attention_blocks_without_transposes() {
     assert!(!g.op_histogram().contains_key("Transpose"), "{:?}", g.op_histogram());
     println!("transformer_encoder: {before} nodes imported, {after} after optimize");
 }
+
+#[test]
+fn gru_kws_matches_onnxruntime() {
+    check_model("gru_kws");
+}
+
+#[test]
+fn causal_transformer_matches_onnxruntime() {
+    check_model("causal_transformer");
+}

@@ -13,6 +13,7 @@ pub mod npy;
 pub mod ops;
 pub mod passes;
 pub mod shape;
+pub mod stream;
 pub mod tensor;
 
 pub use dtype::{DType, Element};

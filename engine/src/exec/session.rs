@@ -99,6 +99,11 @@ impl Session {
         }
     }
 
+    /// The outputs of the last run (empty before the first).
+    pub fn last_outputs(&self) -> &[Tensor] {
+        &self.outputs
+    }
+
     pub fn plan(&self) -> &Plan {
         &self.plan
     }

@@ -796,6 +796,39 @@ fn unique(x: &Tensor, axis: Option<i64>, sorted: bool) -> Result<Vec<Tensor>> {
     Ok(vec![y, Tensor::from_vec(&[k], idx)?, Tensor::from_vec(&[n], inv)?, Tensor::from_vec(&[k], counts)?])
 }
 
+/// The target of a Reshape of a shape with symbolic dims: copied (0) and given
+/// dims as they are, and a `-1` resolved when the input has one symbolic dim and
+/// the fixed sizes on both sides say what the `-1` must be (`[1, T, 32]` with
+/// `[1, -1, 4, 8]` is `[1, T, 4, 8]`).
+fn symbolic_reshape(s: &crate::Shape, spec: &[i64], allowzero: bool) -> crate::Shape {
+    let mut out: Vec<Dim> = spec
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| match d {
+            0 if !allowzero => s.0.get(i).cloned().unwrap_or(Dim::Unknown),
+            d if d > 0 => Dim::Fixed(d as usize),
+            _ => Dim::Unknown,
+        })
+        .collect();
+    let syms: Vec<&Dim> = s.0.iter().filter(|d| d.fixed().is_none()).collect();
+    let hole: Vec<usize> = (0..spec.len()).filter(|&i| spec[i] == -1).collect();
+    if let ([sym @ Dim::Sym(_)], [h]) = (syms.as_slice(), hole.as_slice()) {
+        let fixed_in: usize = s.0.iter().filter_map(Dim::fixed).product();
+        let others = out.iter().enumerate().filter(|&(i, _)| i != *h);
+        let sym_kept = others.clone().any(|(_, d)| d == *sym);
+        let unknown = others.clone().any(|(_, d)| d.fixed().is_none() && d != *sym);
+        let fixed_out: usize = others.filter_map(|(_, d)| d.fixed()).product();
+        if !unknown && fixed_out > 0 {
+            if sym_kept && fixed_in.is_multiple_of(fixed_out) {
+                out[*h] = Dim::Fixed(fixed_in / fixed_out);
+            } else if !sym_kept && fixed_in == fixed_out {
+                out[*h] = (*sym).clone();
+            }
+        }
+    }
+    crate::Shape(out)
+}
+
 impl LayoutOp {
     /// The value of `Shape`/`Size` for a fully known input shape (for folding).
     pub fn shape_of_fixed(&self, dims: &[usize]) -> Option<Tensor> {
@@ -888,16 +921,7 @@ impl OpImpl for LayoutOp {
                 let shape = match (val(1)?, shape_of(&x)) {
                     (Some(spec), Some(s)) => match s.as_fixed() {
                         Some(fixed) => Some(crate::Shape::fixed(&reshape_target(&fixed, &spec, *allowzero)?)),
-                        None => Some(crate::Shape(
-                            spec.iter()
-                                .enumerate()
-                                .map(|(i, &d)| match d {
-                                    0 if !allowzero => s.0.get(i).cloned().unwrap_or(Dim::Unknown),
-                                    d if d > 0 => Dim::Fixed(d as usize),
-                                    _ => Dim::Unknown,
-                                })
-                                .collect(),
-                        )),
+                        None => Some(symbolic_reshape(s, &spec, *allowzero)),
                     },
                     (Some(spec), None) => Some(crate::Shape(
                         spec.iter().map(|&d| if d > 0 { Dim::Fixed(d as usize) } else { Dim::Unknown }).collect(),

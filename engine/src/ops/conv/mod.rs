@@ -533,8 +533,9 @@ fn conv_integer(x: &Tensor, w: &Tensor, xz: Option<&Tensor>, wz: Option<&Tensor>
 
 /// `[N, M, spatial...]` from fact shapes: N as given, M and spatial sizes when fixed.
 fn infer_shape(op: &ConvOp, x: &Shape, w: &Shape) -> Result<Option<Shape>> {
-    let (Some(ws), Some(x_sp)) = (w.as_fixed(), x.0.get(2..).and_then(|s| Shape(s.to_vec()).as_fixed())) else {
-        return Ok(None);
+    let Some(ws) = w.as_fixed() else { return Ok(None) };
+    let Some(x_sp) = x.0.get(2..).and_then(|s| Shape(s.to_vec()).as_fixed()) else {
+        return Ok(symbolic_spatial(op, x, &ws));
     };
     if x.rank() < 3 || ws.len() != x.rank() {
         return Ok(None);
@@ -550,6 +551,30 @@ fn infer_shape(op: &ConvOp, x: &Shape, w: &Shape) -> Result<Option<Shape>> {
     let mut s = vec![x.0[0].clone(), Dim::Fixed(m)];
     s.extend(out.into_iter().map(Dim::Fixed));
     Ok(Some(Shape(s)))
+}
+
+/// A convolution over symbolic spatial dims (a time axis `T`): each symbolic
+/// dim stays the same symbol when the output is as long as the input for any
+/// length (stride 1, padding = kernel extent - 1), else becomes unknown.
+fn symbolic_spatial(op: &ConvOp, x: &Shape, ws: &[usize]) -> Option<Shape> {
+    let (ConvOp::Conv(a) | ConvOp::ConvAct { attrs: a, .. } | ConvOp::ConvInteger(a)) = op else { return None };
+    if x.rank() < 3 || ws.len() != x.rank() {
+        return None;
+    }
+    let probe = |n: usize| -> Option<Vec<usize>> {
+        let sp: Vec<usize> = x.0[2..].iter().map(|d| d.fixed().unwrap_or(n)).collect();
+        Window::new(&sp, &ws[2..], a, false).ok().map(|w| w.out)
+    };
+    let (o1, o2) = (probe(1000)?, probe(1001)?);
+    let mut s = vec![x.0[0].clone(), Dim::Fixed(ws[0])];
+    for (i, d) in x.0[2..].iter().enumerate() {
+        s.push(match d {
+            Dim::Fixed(_) => Dim::Fixed(o1[i]),
+            Dim::Sym(_) if o1[i] == 1000 && o2[i] == 1001 => d.clone(),
+            _ => Dim::Unknown,
+        });
+    }
+    Some(Shape(s))
 }
 
 impl OpImpl for ConvOp {
