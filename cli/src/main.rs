@@ -24,6 +24,10 @@ enum Command {
     /// Run a model once and print each output's name, shape and statistics
     /// (inputs from .npy files, or random with a fixed seed).
     Run(commands::run::RunArgs),
+    /// Stream inputs through a model chunk by chunk (--chunk N frames per push),
+    /// carrying each op's state between pushes; prints each chunk's outputs and the
+    /// per-push latency percentiles, and with --output-dir writes the outputs.
+    Stream(commands::stream::StreamArgs),
     /// Time a model: load, latency percentiles (median line), throughput, peak
     /// memory and a per-op time table.
     Bench(commands::bench::BenchArgs),
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         #[cfg(feature = "onnx")]
         Command::Convert(a) => commands::convert::run(a),
         Command::Run(a) => commands::run::run(a),
+        Command::Stream(a) => commands::stream::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Compare(a) => commands::compare::run(a),

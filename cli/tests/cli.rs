@@ -273,3 +273,64 @@ fn compare_reports_agreement_of_an_onnx_model_and_its_quantized_floe() {
     let o = floe(&["compare", &model, &repo("examples/models/keyword_cnn.onnx"), "--dim", "S=24", "--dim", "T=100"]);
     assert!(!o.status.success() && text(&o).contains("hidden"), "{}", text(&o));
 }
+
+#[test]
+fn stream_writes_outputs_equal_to_onnxruntime_after_the_reported_delay() {
+    let out_dir = tmp("stream");
+    let floe_file = tmp("gru_kws.floe");
+    let o =
+        floe(&["convert", &repo("examples/models/gru_kws.onnx"), "-o", floe_file.to_str().unwrap(), "--stream", "T"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("stateful: conv ring buffer") && t.contains("delay 1 frame"), "{t}");
+    // The recorded stream spec is the default of `floe stream`.
+    let input = format!("mel={}", repo("examples/models/gru_kws/input_0_mel.npy"));
+    let o = floe(&[
+        "stream",
+        floe_file.to_str().unwrap(),
+        "--input",
+        &input,
+        "--chunk",
+        "3",
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("chunk    13") && t.contains("p50") && t.contains("logits=1"), "{t}");
+    let got = floe_engine::npy::read(&out_dir.join("logits.npy")).unwrap();
+    let want = floe_engine::npy::read(Path::new(&repo("examples/models/gru_kws/output_0_logits.npy"))).unwrap();
+    assert_eq!(got.shape(), want.shape());
+    let (g, w) = (got.as_slice::<f32>().unwrap(), want.as_slice::<f32>().unwrap());
+    // frame t of the stream is frame t - 1 of the whole sequence (12 logits per frame)
+    let worst = g[12..].iter().zip(&w[..w.len() - 12]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-4, "{worst}");
+}
+
+#[test]
+fn non_causal_model_is_refused_for_streaming_and_runs_windowed() {
+    let o = floe(&[
+        "convert",
+        &repo("examples/models/transformer_encoder.onnx"),
+        "-o",
+        tmp("te.floe").to_str().unwrap(),
+        "--stream",
+        "S",
+    ]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("non-causal attention") && t.contains("Reshape_115(attention)"), "{t}");
+    assert!(!t.contains("panicked"), "{t}");
+    let o = floe(&[
+        "stream",
+        &repo("examples/models/transformer_encoder.onnx"),
+        "--stream",
+        "windowed:8@S",
+        "--frames",
+        "12",
+        "-q",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("12 pushes of 1 frame"), "{t}");
+}

@@ -13,11 +13,13 @@ pub struct ConvertOptions {
     pub quantize: Quantization,
     /// A preset name from floe-targets.
     pub target: String,
+    /// `--stream`: check the model streams this way and record it.
+    pub stream: Option<floe_engine::stream::StreamSpec>,
 }
 
 impl Default for ConvertOptions {
     fn default() -> Self {
-        ConvertOptions { quantize: Quantization::None, target: "generic".into() }
+        ConvertOptions { quantize: Quantization::None, target: "generic".into(), stream: None }
     }
 }
 
@@ -28,14 +30,18 @@ pub struct Conversion {
     /// One line per pass that changed something, e.g. "fuse_linear: 12".
     pub passes: Vec<String>,
     pub quantized: Vec<QuantizedTensor>,
+    /// With `--stream`: the resolved spec and every node's classification.
+    pub stream: Option<(floe_engine::stream::StreamSpec, floe_engine::stream::Analysis)>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
     #[error(transparent)]
     Import(#[from] ImportError),
-    #[error("{path}: {source}")]
-    Engine { path: String, source: floe_engine::Error },
+    /// (Not a `source` field: the message already includes it, and error
+    /// reporters would print it twice.)
+    #[error("{path}: {error}")]
+    Engine { path: String, error: floe_engine::Error },
     #[error("{0}")]
     Options(String),
 }
@@ -65,9 +71,13 @@ pub fn convert(path: &Path, opts: &ConvertOptions) -> Result<Conversion, Convert
     floe_targets::preset(&opts.target).map_err(ConvertError::Options)?;
     let model = onnx::load(path)?;
     let mut graph = model.graph;
-    let eng = |source| ConvertError::Engine { path: path.display().to_string(), source };
+    let eng = |error| ConvertError::Engine { path: path.display().to_string(), error };
     let passes = optimize(&mut graph).map_err(eng)?;
     let quantized = passes::quantize_weights(&mut graph, opts.quantize).map_err(eng)?;
+    let stream = match &opts.stream {
+        Some(spec) => Some(check_stream(&graph, spec).map_err(eng)?),
+        None => None,
+    };
     let info = ModelInfo {
         producer: format!("floe {}", env!("CARGO_PKG_VERSION")),
         source: path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -75,6 +85,23 @@ pub fn convert(path: &Path, opts: &ConvertOptions) -> Result<Conversion, Convert
         quantization: opts.quantize,
         quantized: quantized.clone(),
         opset: model.opset,
+        stream: stream.as_ref().map(|(s, _)| s.to_string()),
     };
-    Ok(Conversion { graph, info, passes, quantized })
+    Ok(Conversion { graph, info, passes, quantized, stream })
+}
+
+/// Classifies every node for `spec`; a stateful spec fails, naming each blocking
+/// node, when the model cannot stream.
+fn check_stream(
+    g: &Graph,
+    spec: &floe_engine::stream::StreamSpec,
+) -> Result<(floe_engine::stream::StreamSpec, floe_engine::stream::Analysis), floe_engine::Error> {
+    use floe_engine::stream::{analyze, StreamMode};
+    let spec = spec.resolved(g)?;
+    let symbol = spec.symbol.clone().unwrap_or_default();
+    let analysis = analyze(g, &symbol, &floe_engine::exec::Bindings::default())?;
+    if let (StreamMode::Stateful(_), Some(e)) = (&spec.mode, analysis.blocking_error()) {
+        return Err(e);
+    }
+    Ok((spec, analysis))
 }

@@ -20,6 +20,7 @@ fn info(q: Quantization) -> ModelInfo {
         quantization: q,
         quantized: vec![],
         opset: 0,
+        stream: None,
     }
 }
 

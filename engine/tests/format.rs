@@ -15,6 +15,7 @@ fn info() -> ModelInfo {
         quantization: Quantization::None,
         quantized: vec![],
         opset: 17,
+        stream: None,
     }
 }
 

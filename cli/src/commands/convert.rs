@@ -45,6 +45,14 @@ pub struct ConvertArgs {
     /// Seed of the random input used for the accuracy check.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Prepare for streaming (`floe stream`): `T` classifies every node for
+    /// chunk-by-chunk execution along the symbolic dim T (stateless, stateful with
+    /// the state it carries, or blocking) and fails, naming each blocking node,
+    /// if the model needs all of time at once; `windowed:N` (or `windowed:N@T`)
+    /// records re-running a sliding window of N frames instead. The choice is
+    /// recorded in the file as `floe stream`'s default.
+    #[arg(long, value_name = "T|windowed:N[@T]")]
+    stream: Option<floe_engine::stream::StreamSpec>,
 }
 
 fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
@@ -85,11 +93,14 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.set_message(format!("converting {}", a.model.display()));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let conv = convert(&a.model, &ConvertOptions { quantize, target: a.target.clone() });
+    let conv = convert(&a.model, &ConvertOptions { quantize, target: a.target.clone(), stream: a.stream.clone() });
     spinner.finish_and_clear();
     let conv = conv?;
     for p in &conv.passes {
         println!("pass {p}");
+    }
+    if let Some((spec, analysis)) = &conv.stream {
+        super::stream::print_analysis(spec, analysis, &conv.graph);
     }
     let mut pb: Option<indicatif::ProgressBar> = None;
     let mut progress = |done: u64, total: u64| {

@@ -10,6 +10,7 @@ pub mod inspect;
 #[cfg(feature = "onnx")]
 pub mod ops;
 pub mod run;
+pub mod stream;
 pub mod targets;
 
 use anyhow::{bail, Context, Result};

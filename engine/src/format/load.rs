@@ -124,6 +124,7 @@ mod tests {
             quantization: Quantization::None,
             quantized: vec![],
             opset: 17,
+            stream: None,
         }
     }
 

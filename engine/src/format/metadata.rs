@@ -68,6 +68,10 @@ pub struct ModelInfo {
     pub quantized: Vec<QuantizedTensor>,
     /// ONNX opset of the source model (0 if not from ONNX).
     pub opset: i64,
+    /// How `floe convert --stream` prepared it for streaming (a
+    /// [`StreamSpec`](crate::stream::StreamSpec): `T` or `windowed:N@T`), if it did.
+    #[serde(default)]
+    pub stream: Option<String>,
 }
 
 /// The board preset a file was converted for, and what that preset's kernels need

@@ -11,10 +11,12 @@
 //! last N frames, for models that cannot stream (the usual fallback).
 
 mod analysis;
-mod frames;
+pub mod frames;
 mod rewrite;
 mod session;
+mod spec;
 
 pub use analysis::{analyze, Analysis, NodeClass, NodeReport, StateKind};
 pub use rewrite::{step_graph, KvMask, StateSlot, StepGraph, StreamOptions, KV_CAPACITY};
 pub use session::{StreamConfig, StreamMode, StreamSession};
+pub use spec::StreamSpec;
