@@ -92,3 +92,39 @@ fn outputs_agree_at_one_and_several_threads() {
         }
     }
 }
+
+/// `StreamSession::push_borrowed` allocates nothing once a chunk length has been
+/// pushed: conv rings, delay lines, GRU state and a windowed KV cache are copied
+/// into the state the session already holds.
+#[test]
+fn stream_pushes_after_the_first_allocate_nothing() {
+    use floe_engine::stream::{frames, StreamConfig, StreamMode, StreamOptions, StreamSession};
+    for (name, kv_window) in [("causal_transformer", Some(8))] {
+        let (_, ins) = load(name);
+        let mut m = floe_convert::load(models_dir().join(format!("{name}.onnx"))).unwrap();
+        floe_convert::pipeline::optimize(&mut m.graph).unwrap();
+        let config = StreamConfig {
+            symbol: "T".into(),
+            mode: StreamMode::Stateful(StreamOptions { kv_window }),
+            bindings: Bindings::default(),
+            session: SessionOptions { threads: 1 },
+        };
+        let mut s = StreamSession::new(&m.graph, config).unwrap();
+        let chunks: Vec<Vec<Tensor>> = (0..12).map(|i| vec![frames::slice(&ins[0], 1, i * 2, 2).unwrap()]).collect();
+        for c in &chunks[..4] {
+            s.push_borrowed(c).unwrap();
+        }
+        let before = ALLOCS.with(Cell::get);
+        for c in &chunks[4..] {
+            s.push_borrowed(c).unwrap();
+        }
+        let n = ALLOCS.with(Cell::get) - before;
+        assert_eq!(n, 0, "{name}: {n} allocations in 8 pushes after warm-up");
+    }
+}
+
+#[test]
+fn stream_session_is_send() {
+    fn send<T: Send>() {}
+    send::<floe_engine::stream::StreamSession>();
+}

@@ -132,6 +132,16 @@ impl Plan {
         (self.steps.iter().filter(|s| s.kernel.is_some()).count(), self.steps.len())
     }
 
+    /// Nodes that run through their op's generic `eval` (no prepared kernel, not
+    /// a view): these allocate their outputs on every run.
+    pub fn eval_nodes(&self) -> Vec<&str> {
+        self.steps
+            .iter()
+            .filter(|s| s.kernel.is_none() && !s.view)
+            .map(|s| self.graph.nodes[s.node].name.as_str())
+            .collect()
+    }
+
     /// Bytes of the planned intermediate buffers (allocated once per session).
     pub fn buffer_bytes(&self) -> usize {
         self.buffer_sizes.iter().sum()

@@ -188,6 +188,69 @@ pub fn transpose(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
 
 /// Transpose prepared for one input shape: the permutation simplified once by
 /// [`floe_kernels::transpose::TransposePlan`], run on elements of `elem` bytes.
+/// The shape a Slice gives `x` (fixed dims resolved; a symbolic dim kept when
+/// sliced whole, else unknown). `None` when the spec is malformed (eval reports it).
+fn sliced_shape(x: &Shape, starts: &[i64], ends: &[i64], axes: Option<&[i64]>, steps: Option<&[i64]>) -> Option<Shape> {
+    let r = x.rank();
+    if starts.len() != ends.len() {
+        return None;
+    }
+    let mut out = x.0.clone();
+    for i in 0..starts.len() {
+        let a = norm_axis(*axes.map_or(Some(&(i as i64)), |ax| ax.get(i))?, r).ok()?;
+        let step = steps.map_or(Some(1), |s| s.get(i).copied())?;
+        out[a] = match &x.0[a] {
+            Dim::Fixed(d) => Dim::Fixed(slice_axis(*d, starts[i], ends[i], step).ok()?.2),
+            d if starts[i] == 0 && ends[i] >= i64::MAX / 2 && step == 1 => d.clone(),
+            _ => Dim::Unknown,
+        };
+    }
+    Some(Shape(out))
+}
+
+/// Concat of fixed-shape inputs of one dtype as row copies.
+fn concat_kernel(axis: i64, inputs: &[InferInput<'_>], outputs: &[Fact]) -> Option<Box<dyn Kernel>> {
+    let dt = outputs.first()?.dtype?;
+    let shapes: Vec<Vec<usize>> = inputs.iter().map(fixed_shape).collect::<Option<_>>()?;
+    if inputs.iter().any(|i| i.fact.dtype != Some(dt)) {
+        return None;
+    }
+    let axis = norm_axis(axis, shapes.first()?.len()).ok()?;
+    Some(Box::new(super::block_copy::BlockCopy::concat(&shapes, axis, dt.size())?))
+}
+
+/// A Slice with constant bounds and step 1 along one axis, as row copies.
+fn slice_kernel(
+    starts: &Option<Vec<i64>>,
+    ends: &Option<Vec<i64>>,
+    axes: &Option<Vec<i64>>,
+    inputs: &[InferInput<'_>],
+    outputs: &[Fact],
+) -> Option<Box<dyn Kernel>> {
+    let konst = |i: usize| inputs.get(i).and_then(|x| x.value).and_then(|t| t.to_i64_vec().ok());
+    let (starts, ends, axes, steps) = match (starts, ends) {
+        (Some(s), Some(e)) => (s.clone(), e.clone(), axes.clone(), None),
+        _ => (
+            konst(1)?,
+            konst(2)?,
+            if inputs.len() > 3 && inputs[3].fact.dtype.is_some() { Some(konst(3)?) } else { None },
+            if inputs.len() > 4 && inputs[4].fact.dtype.is_some() { Some(konst(4)?) } else { None },
+        ),
+    };
+    let shape = fixed_shape(inputs.first()?)?;
+    let dt = inputs[0].fact.dtype?;
+    if starts.len() != 1
+        || ends.len() != 1
+        || steps.as_ref().is_some_and(|s| s != &[1])
+        || outputs.first()?.dtype != Some(dt)
+    {
+        return None;
+    }
+    let axis = norm_axis(axes.as_ref().map_or(0, |a| a[0]), shape.len()).ok()?;
+    let (start, _, count) = slice_axis(shape[axis], starts[0], ends[0], 1).ok()?;
+    Some(Box::new(super::block_copy::BlockCopy::slice(&shape, axis, start as usize, count, dt.size())?))
+}
+
 struct TransposeKernel {
     plan: floe_kernels::transpose::TransposePlan,
     elem: usize,
@@ -1001,6 +1064,24 @@ impl OpImpl for LayoutOp {
                 let shape = val(0)?.map(|v| crate::Shape(v.iter().map(|&d| Dim::Fixed(d.max(0) as usize)).collect()));
                 Fact { dtype: Some(value.dtype()), shape }
             }
+            Slice { starts, ends, axes } => {
+                let spec = match (starts, ends) {
+                    (Some(s), Some(e)) => Some((s.clone(), e.clone(), axes.clone(), None)),
+                    _ => match (val(1)?, val(2)?) {
+                        (Some(s), Some(e)) => {
+                            let given = |i: usize| inputs.get(i).is_some_and(|x| x.fact.dtype.is_some());
+                            let (a, st) = (val(3)?, val(4)?);
+                            (given(3) == a.is_some() && given(4) == st.is_some()).then_some((s, e, a, st))
+                        }
+                        _ => None,
+                    },
+                };
+                let shape = match (spec, shape_of(&x)) {
+                    (Some((s, e, a, st)), Some(xs)) => sliced_shape(&xs, &s, &e, a.as_deref(), st.as_deref()),
+                    _ => None,
+                };
+                Fact { dtype: dt, shape }
+            }
             Range => Fact { dtype: dt, shape: None },
             NonZero => Fact { dtype: Some(DType::I64), shape: None },
             EyeLike { dtype, .. } => Fact { dtype: dtype.or(dt), shape: x.shape },
@@ -1012,6 +1093,11 @@ impl OpImpl for LayoutOp {
     }
 
     fn kernel(&self, inputs: &[InferInput<'_>], outputs: &[Fact]) -> Result<Option<Box<dyn Kernel>>> {
+        match self {
+            LayoutOp::Concat { axis } => return Ok(concat_kernel(*axis, inputs, outputs)),
+            LayoutOp::Slice { starts, ends, axes } => return Ok(slice_kernel(starts, ends, axes, inputs, outputs)),
+            _ => {}
+        }
         let LayoutOp::Transpose { perm } = self else { return Ok(None) };
         let (Some(x), [out]) = (inputs.first(), outputs) else { return Ok(None) };
         let (Some(shape), Some(dt)) = (fixed_shape(x), x.fact.dtype) else { return Ok(None) };

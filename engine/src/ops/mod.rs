@@ -6,6 +6,7 @@
 //! executor). Importers map ONNX nodes onto these ops; passes match on them.
 
 pub mod attention;
+mod block_copy;
 pub mod broadcast;
 pub mod control;
 pub mod conv;

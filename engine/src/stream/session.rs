@@ -77,6 +77,8 @@ enum Engine {
 
 struct Stateful {
     step: Arc<StepGraph>,
+    /// Names of the mask inputs (their shapes are bound per plan).
+    mask_names: Arc<[String]>,
     states: Vec<Tensor>,
     masks: Vec<Tensor>,
     /// Per mask: cached positions written so far.
@@ -117,7 +119,9 @@ impl StreamSession {
                 let masks =
                     step.masks.iter().map(|_| Tensor::zeros(crate::DType::F32, &[0, 0])).collect::<Result<_>>()?;
                 let filled = vec![0; step.masks.len()];
-                Engine::Stateful(Stateful { step: Arc::new(step), states, masks, filled, capacity })
+                let mask_names =
+                    step.masks.iter().map(|m| step.graph.values[step.graph.inputs[m.input]].name.clone()).collect();
+                Engine::Stateful(Stateful { step: Arc::new(step), mask_names, states, masks, filled, capacity })
             }
             StreamMode::Windowed(n) => {
                 let windows = vec![None; graph.inputs.len()];
@@ -202,10 +206,10 @@ impl StreamSession {
     /// the next push (no allocation after the first push of a chunk length).
     pub fn push_borrowed(&mut self, inputs: &[Tensor]) -> Result<&[Tensor]> {
         let n = self.chunk_frames(inputs)?;
-        let pieces = self.pieces(n);
-        if pieces.len() == 1 {
+        if !self.needs_split(n) {
             return self.run_piece(inputs, n);
         }
+        let pieces = self.pieces(n);
         let mut outs: Vec<Vec<Tensor>> = Vec::new();
         let mut at = 0;
         for len in pieces {
@@ -246,6 +250,17 @@ impl StreamSession {
         match n {
             Some(n) if n >= 1 => Ok(n),
             _ => Err(Error::Invalid("a push needs at least one frame".into())),
+        }
+    }
+
+    /// Whether a push of `n` frames must run in pieces (see [`pieces`](Self::pieces)).
+    fn needs_split(&self, n: usize) -> bool {
+        let inside = |k: usize| k > self.frame && k < self.frame + n;
+        match &self.engine {
+            Engine::Stateful(s) => {
+                s.step.states.iter().any(|st| inside(st.skip)) || s.step.masks.iter().any(|m| inside(m.skip))
+            }
+            Engine::Windowed(w) => n > w.len,
         }
     }
 
@@ -331,8 +346,7 @@ impl StreamSession {
         self.feed.extend(inputs.iter().cloned());
         self.feed.extend(s.states.iter().cloned());
         self.feed.extend(s.masks.iter().cloned());
-        let mask_names: Vec<String> =
-            step.masks.iter().map(|m| step.graph.values[step.graph.inputs[m.input]].name.clone()).collect();
+        let mask_names = s.mask_names.clone();
         let frame = self.frame;
         let feed = std::mem::take(&mut self.feed);
         let result = self.session(&step.graph, n, cap, &mask_names).and_then(|sess| {
