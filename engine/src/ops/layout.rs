@@ -1077,7 +1077,7 @@ impl OpImpl for LayoutOp {
                     },
                 };
                 let shape = match (spec, shape_of(&x)) {
-                    (Some((s, e, a, st)), Some(xs)) => sliced_shape(&xs, &s, &e, a.as_deref(), st.as_deref()),
+                    (Some((s, e, a, st)), Some(xs)) => sliced_shape(xs, &s, &e, a.as_deref(), st.as_deref()),
                     _ => None,
                 };
                 Fact { dtype: dt, shape }
