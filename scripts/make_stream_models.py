@@ -10,6 +10,7 @@ outputs computed by onnxruntime on the whole sequence:
 - causal_transformer: a k=3 look-ahead conv front end, then one pre-LN decoder layer
   with F.scaled_dot_product_attention(is_causal=True) exported as TorchScript does
   (symbolic T; the causal mask built from Shape/Expand/Trilu/Where) and a GELU FFN.
+- running_sum: CumSum over time (a running sum carried between chunks).
 """
 import numpy as np
 from onnx import helper
@@ -67,6 +68,20 @@ def causal_transformer():
     save("causal_transformer", g, 20, {"x": x})
 
 
+def running_sum():
+    """A running-statistics block: CumSum over time of a projected input, mixed
+    back into every frame (the cumulative normaliser of causal linear attention)."""
+    b = Builder(35)
+    feat = 8
+    c = b.op("CumSum", [b.op("MatMul", ["x", b.weight("p_w", [feat, feat])]), b.const("axis", np.array(1, np.int64))])
+    b.nodes.append(helper.make_node("Add", [b.op("MatMul", [c, b.weight("c_w", [feat, feat], 0.05)]), "x"], ["y"], name="mix"))
+    g = helper.make_graph(b.nodes, "running_sum", [helper.make_tensor_value_info("x", F, [1, "T", feat])],
+                          [helper.make_tensor_value_info("y", F, [1, "T", feat])], b.inits)
+    x = np.random.default_rng(36).standard_normal((1, 40, feat)).astype(np.float32)
+    save("running_sum", g, 14, {"x": x})
+
+
 if __name__ == "__main__":
     gru_kws()
     causal_transformer()
+    running_sum()

@@ -168,3 +168,8 @@ fn gru_kws_matches_onnxruntime() {
 fn causal_transformer_matches_onnxruntime() {
     check_model("causal_transformer");
 }
+
+#[test]
+fn running_sum_matches_onnxruntime() {
+    check_model("running_sum");
+}

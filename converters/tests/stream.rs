@@ -159,6 +159,11 @@ fn causal_transformer_streams_like_the_whole_sequence() {
 }
 
 #[test]
+fn running_sum_streams_like_the_whole_sequence() {
+    check_all_chunkings("running_sum", 0);
+}
+
+#[test]
 fn gru_and_lstm_stream_with_their_final_state() {
     check_all_chunkings("gru", 0);
     check_all_chunkings("lstm", 0);

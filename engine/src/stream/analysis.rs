@@ -49,6 +49,8 @@ pub enum StateKind {
     Recurrent,
     /// Causal softmax attention: the keys and values seen so far.
     KvCache,
+    /// CumSum along time: the running sum of the frames so far.
+    RunningSum,
 }
 
 impl fmt::Display for NodeClass {
@@ -65,6 +67,7 @@ impl fmt::Display for NodeClass {
             }
             NodeClass::Stateful(StateKind::Recurrent) => f.write_str("stateful: recurrent hidden state"),
             NodeClass::Stateful(StateKind::KvCache) => f.write_str("stateful: KV cache"),
+            NodeClass::Stateful(StateKind::RunningSum) => f.write_str("stateful: running sum"),
             NodeClass::Blocking(why) => write!(f, "blocking: {why}"),
         }
     }
@@ -354,9 +357,11 @@ fn classify(
         Op::Reduce(r) => match r {
             ReduceOp::CumSum { .. } | ReduceOp::CumProd { .. } => {
                 let axis_input = node.inputs.get(1).copied().flatten().and_then(|v| g.values[v].konst.as_ref());
+                let running_sum = matches!(r, ReduceOp::CumSum { exclusive: false, reverse: false });
                 match axis_input.and_then(|a| a.to_i64_vec().ok()).and_then(|a| a.first().copied()) {
                     Some(a) if norm(a, in_rank(0)) != t => NodeClass::Stateless,
-                    _ => blocking("running sum/product along time (no streaming rule yet)"),
+                    Some(_) if running_sum && x_in == 0 => NodeClass::Stateful(StateKind::RunningSum),
+                    _ => blocking("exclusive, reverse or product running reductions along time have no streaming rule"),
                 }
             }
             _ if keeps_time => NodeClass::Stateless,

@@ -208,6 +208,7 @@ pub fn step_graph(g: &Graph, a: &Analysis, opts: &StreamOptions) -> Result<StepG
             NodeClass::Stateful(StateKind::ConvContext { context, .. }) => conv(&mut b, &mut node, *context)?,
             NodeClass::Stateful(StateKind::Recurrent) => rnn(&mut b, &mut node)?,
             NodeClass::Stateful(StateKind::KvCache) => attention(&mut b, node, opts)?,
+            NodeClass::Stateful(StateKind::RunningSum) => running_sum(&mut b, node)?,
             _ => b.nodes.push(node),
         }
     }
@@ -407,5 +408,44 @@ fn attention(b: &mut Builder<'_>, mut node: Node, opts: &StreamOptions) -> Resul
         );
         b.set_state_output(si, out);
     }
+    Ok(())
+}
+
+/// CumSum along time: this chunk's cumulative sum plus the total so far; the
+/// new total is the last frame.
+fn running_sum(b: &mut Builder<'_>, mut node: Node) -> Result<()> {
+    let x = node.inputs[0].ok_or_else(|| Error::Invalid("CumSum without input".into()))?;
+    let t = b.a.time_axis[b.orig(x)].ok_or_else(|| Error::Invalid("CumSum input has no time axis".into()))?;
+    let dtype = b.g.values[x].fact.dtype.unwrap_or(DType::F32);
+    let mut shape = b.probe_shape(x)?;
+    shape[t] = 1;
+    let owner = node.name.clone();
+    let slot = StateSlot {
+        node: owner.clone(),
+        dtype,
+        shape: shape.clone(),
+        capacity_axis: None,
+        init: None,
+        skip: b.a.delay[b.orig(x)],
+    };
+    let (st_in, si) = b.state(&owner, "total", dtype, Shape::fixed(&shape), slot);
+    let y = node.outputs[0];
+    let partial = b.value(format!("{owner}::partial"), Fact::dtype_only(dtype));
+    node.outputs[0] = partial;
+    b.nodes.push(node);
+    b.node(
+        format!("{owner}::add_total"),
+        crate::ops::elementwise::ElementwiseOp::Binary(crate::ops::elementwise::BinaryOp::Add).into(),
+        vec![Some(partial), Some(st_in)],
+        vec![y],
+    );
+    let st_out = b.value(format!("{owner}::state_out::total"), Fact::dtype_only(dtype));
+    b.node(
+        format!("{owner}::keep"),
+        LayoutOp::Slice { starts: Some(vec![-1]), ends: Some(vec![i64::MAX]), axes: Some(vec![t as i64]) }.into(),
+        vec![Some(y)],
+        vec![st_out],
+    );
+    b.set_state_output(si, st_out);
     Ok(())
 }
