@@ -155,7 +155,8 @@ mod tests {
     /// Each bad file gives its own error, naming the file, never a panic.
     #[test]
     fn bad_files_give_errors_that_name_the_file() {
-        let cases: [(&str, fn(&AudioError) -> bool, &str); 6] = [
+        type Case = (&'static str, fn(&AudioError) -> bool, &'static str);
+        let cases: [Case; 6] = [
             ("missing.wav", |e| matches!(e, AudioError::NotFound { .. }), "no such file"),
             ("not_a_wav.wav", |e| matches!(e, AudioError::NotWav { .. }), "not a valid WAV"),
             ("float64.wav", |e| matches!(e, AudioError::Unsupported { .. }), "sample width other than 32"),
