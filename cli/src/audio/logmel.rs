@@ -13,7 +13,7 @@
 //! depend on samples after them.
 
 use super::filterbank::MelFilterbank;
-use super::{Center, LogScale, MelParams, Result};
+use super::{Center, LogScale, MelParams, Result, Wav};
 use realfft::num_complex::Complex;
 use realfft::{RealFftPlanner, RealToComplex};
 use std::sync::Arc;
@@ -114,6 +114,13 @@ impl LogMel {
             start += hop;
         }
         out
+    }
+
+    /// Features of a decoded WAV file, after checking it is at the rate the features
+    /// are defined for (floe does not resample).
+    pub fn wav_frames(&mut self, wav: &Wav) -> Result<Vec<f32>> {
+        wav.expect_sample_rate(self.params.sample_rate)?;
+        Ok(self.frames(&wav.samples))
     }
 
     /// Streams `samples` in: appends to `out` (`n_mels` values per frame) every frame
@@ -258,7 +265,13 @@ impl FrameAnalyzer {
         let p = self.power_exponent;
         for (pw, c) in self.power.iter_mut().zip(&self.spectrum) {
             let sq = c.norm_sqr();
-            *pw = if p == 2.0 { sq } else { sq.powf(p / 2.0) };
+            *pw = if p == 2.0 {
+                sq
+            } else if p == 1.0 {
+                sq.sqrt()
+            } else {
+                sq.powf(p / 2.0)
+            };
         }
         let start = out.len();
         out.resize(start + self.filterbank.n_mels(), 0.0);
@@ -326,6 +339,7 @@ mod tests {
             assert_eq!(shape, [n_frames, params.n_mels], "{name}");
             let got = LogMel::new(params).unwrap().frames(&signal);
             let err = max_abs_diff(&got, &want);
+            eprintln!("{name}: max abs err {err:.2e}");
             assert!(err < tol, "{name}: max abs err {err}");
         }
     }
@@ -406,6 +420,14 @@ mod tests {
         assert_eq!(out[..], whole[..out.len()]);
         assert_eq!(mel.finish(&mut out), 51 - early);
         assert_eq!(out, whole);
+    }
+
+    #[test]
+    fn features_of_a_wav_at_another_rate_are_an_error() {
+        let mut mel = LogMel::new(MelParams::default()).unwrap();
+        let err = mel.wav_frames(&read_wav(path("rate8k.wav")).unwrap()).unwrap_err();
+        assert!(matches!(err, crate::audio::AudioError::SampleRateMismatch { found: 8000, expected: 16000, .. }));
+        assert_eq!(mel.wav_frames(&read_wav(path("chirp_noise_16k.wav")).unwrap()).unwrap().len(), 48 * 40);
     }
 
     #[test]

@@ -14,10 +14,11 @@ use super::{AudioError, MelNorm, MelScale, Result, Window};
 /// Padding of the signal so that frame `t` is centred on sample `t * hop_length`
 /// (`torch.stft(center=True)`, librosa's default) rather than starting there.
 ///
-/// Centring pads `n_fft / 2` samples before the start and after the end, so it needs
-/// the end of the signal: it applies to [`super::LogMel::frames`] (whole signals)
-/// only; [`super::LogMel::push`] (streaming) rejects it at construction of the
-/// stream, since the first frame would otherwise differ.
+/// Centring pads `n_fft / 2` samples before the start and after the end. A stream
+/// ([`super::LogMel::push`]) pads its start the same way, but the last frames read
+/// the end padding, so they come only from [`super::LogMel::finish`]: a live stream
+/// that never ends lags `n_fft / 2` samples behind. [`Center::None`], the default,
+/// has no such frames: every frame is final as soon as its samples have arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Center {
     /// No padding: frame `t` covers samples `t*hop .. t*hop + n_fft`. Streamable.
