@@ -15,7 +15,7 @@
 /// The mel scale: how hertz map to mels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MelScale {
-    /// `2595 log10(1 + f/700)`.
+    /// 2595 log10(1 + f/700).
     Htk,
     /// Linear below 1 kHz, logarithmic above (Slaney's Auditory Toolbox).
     Slaney,
@@ -26,7 +26,7 @@ pub enum MelScale {
 pub enum MelNorm {
     /// Peak 1 for every filter.
     None,
-    /// Equal-area filters: `2 / (f[m+2] - f[m])`.
+    /// Equal-area filters: 2 / (f[m+2] - f[m]).
     Slaney,
 }
 

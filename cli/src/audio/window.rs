@@ -10,11 +10,11 @@ use std::f64::consts::PI;
 /// The window applied to each frame of `win_length` samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Window {
-    /// `0.5 - 0.5 cos(2 pi n / N)`; torchaudio's and librosa's default.
+    /// 0.5 - 0.5 cos(2 pi n / N); torchaudio's and librosa's default.
     Hann,
-    /// `0.54 - 0.46 cos(2 pi n / N)`.
+    /// 0.54 - 0.46 cos(2 pi n / N).
     Hamming,
-    /// `(0.5 - 0.5 cos(2 pi n / (N - 1)))^0.85`; Kaldi's (and so `torchaudio.compliance.kaldi`'s) default.
+    /// (0.5 - 0.5 cos(2 pi n / (N - 1)))^0.85; Kaldi's (and so torchaudio.compliance.kaldi's) default.
     Povey,
     /// All ones: no tapering.
     Rectangular,
