@@ -1,5 +1,7 @@
 //! `floe`: run, inspect and test ONNX models on CPU.
 
+#[cfg(feature = "audio")]
+mod audio;
 mod commands;
 
 use clap::{Parser, Subcommand};
