@@ -334,3 +334,30 @@ fn non_causal_model_is_refused_for_streaming_and_runs_windowed() {
     assert!(o.status.success(), "{t}");
     assert!(t.contains("12 pushes of 1 frame"), "{t}");
 }
+
+#[test]
+fn stream_from_a_wav_computes_log_mel_frames_and_checks_the_feature_count() {
+    let wav = repo("cli/tests/data/audio/chirp_noise_16k.wav");
+    let out_dir = tmp("wav");
+    let o = floe(&[
+        "stream",
+        &repo("examples/models/gru_kws.onnx"),
+        "--wav",
+        &wav,
+        "--n-mels",
+        "20",
+        "--chunk",
+        "8",
+        "-q",
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    // 0.5 s at 16 kHz, 400-sample frames every 160 samples: (8000 - 400) / 160 + 1 = 48
+    assert!(t.contains("48 log-mel frames"), "{t}");
+    assert_eq!(floe_engine::npy::read(&out_dir.join("logits.npy")).unwrap().shape(), &[1, 48, 12]);
+    let o = floe(&["stream", &repo("examples/models/gru_kws.onnx"), "--wav", &wav]);
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("takes 20 values per step") && t.contains("40 mel bands"), "{t}");
+}

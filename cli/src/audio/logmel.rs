@@ -60,11 +60,6 @@ impl LogMel {
         Ok(LogMel { params, analyzer, stream: Stream::default() })
     }
 
-    /// The settings this front end was made with.
-    pub fn params(&self) -> &MelParams {
-        &self.params
-    }
-
     /// Features per frame.
     pub fn n_mels(&self) -> usize {
         self.params.n_mels

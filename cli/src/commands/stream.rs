@@ -56,6 +56,9 @@ pub struct StreamArgs {
     /// Seed for random inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[cfg(feature = "audio")]
+    #[command(flatten)]
+    audio: crate::audio::WavArgs,
 }
 
 /// Prints the stream analysis: counts, the stateful nodes and their state, the
@@ -129,6 +132,11 @@ pub fn run(a: StreamArgs) -> Result<ExitCode> {
             bail!("--input {name}=...: the model has no input '{name}' (inputs: {})", names.join(", "));
         }
         given.insert(name, floe_engine::npy::read(file.as_ref())?);
+    }
+    #[cfg(feature = "audio")]
+    if let Some(path) = &a.audio.wav {
+        let (name, t) = wav_input(&a.audio, path, g, session.analysis(), &symbol)?;
+        given.insert(name, t);
     }
     let mut rng = Rng::new(a.seed);
     let mut inputs = Vec::new();
@@ -236,4 +244,64 @@ pub fn run(a: StreamArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The model input a WAV feeds (the one with the time axis) and its tensor: the
+/// samples themselves (`--raw-audio`) or log-mel frames, shaped like the input
+/// with the time axis set to the number of samples / frames.
+#[cfg(feature = "audio")]
+fn wav_input(
+    args: &crate::audio::WavArgs,
+    path: &std::path::Path,
+    g: &Graph,
+    analysis: &Analysis,
+    symbol: &str,
+) -> Result<(String, Tensor)> {
+    let timed: Vec<_> = g.inputs.iter().filter(|&&i| analysis.time_axis[i].is_some()).collect();
+    let [&id] = timed.as_slice() else {
+        bail!("--wav feeds one input, but {} inputs carry the time axis '{symbol}'", timed.len());
+    };
+    let v = &g.values[id];
+    let axis = analysis.time_axis[id].expect("filtered on it");
+    let wav = args.read(path)?;
+    let (data, per_step) = if args.raw_audio {
+        (wav.samples.clone(), 1)
+    } else {
+        let mut mel = args.log_mel()?;
+        if mel.empty_bands() > 0 {
+            eprintln!(
+                "warning: {} of {} mel bands cover no FFT bin (too many --n-mels for --n-fft); they are constant",
+                mel.empty_bands(),
+                mel.n_mels()
+            );
+        }
+        (mel.wav_frames(&wav)?, mel.n_mels())
+    };
+    let dims: Vec<Option<usize>> =
+        v.fact.shape.as_ref().context("input without a shape")?.0.iter().map(Dim::fixed).collect();
+    let per_frame: usize = dims.iter().enumerate().filter(|&(i, _)| i != axis).map(|(_, d)| d.unwrap_or(1)).product();
+    if per_frame != per_step {
+        let what = if args.raw_audio { "1 sample".to_string() } else { format!("{per_step} mel bands (--n-mels)") };
+        bail!(
+            "input '{}' takes {per_frame} values per step of '{symbol}' ({}), but --wav gives {what}",
+            v.name,
+            v.fact.shape.as_ref().map_or("?".into(), |s| s.to_string())
+        );
+    }
+    let steps = data.len() / per_step;
+    if steps == 0 {
+        bail!("{}: too short for one frame", path.display());
+    }
+    let shape: Vec<usize> =
+        dims.iter().enumerate().map(|(i, d)| if i == axis { steps } else { d.unwrap_or(1) }).collect();
+    println!(
+        "wav    {} ({} Hz, {} channel(s), {:.2} s) -> {steps} {} for input '{}'",
+        path.display(),
+        wav.sample_rate,
+        wav.channels,
+        wav.duration_secs(),
+        if args.raw_audio { "samples" } else { "log-mel frames" },
+        v.name
+    );
+    Ok((v.name.clone(), Tensor::from_vec(&shape, data)?))
 }
