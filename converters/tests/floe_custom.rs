@@ -108,7 +108,8 @@ fn lmu_memory_and_lif_import_with_their_state_outputs_and_run() {
 
 #[test]
 fn bad_attributes_are_errors_naming_node_and_attribute() {
-    let cases: Vec<(&str, Vec<(&str, A)>, &str)> = vec![
+    type Case = (&'static str, Vec<(&'static str, A)>, &'static str);
+    let cases: Vec<Case> = vec![
         ("LMUMemory", vec![("order", A::I(0)), ("theta", A::F(4.0))], "'order'"),
         ("LMUMemory", vec![("theta", A::F(4.0))], "'order'"),
         ("LMUMemory", vec![("order", A::I(4)), ("theta", A::F(0.0))], "'theta'"),

@@ -188,10 +188,10 @@ pub fn continuous(order: usize, theta: f64) -> (Vec<f64>, Vec<f64>) {
     for i in 0..d {
         let r = (2 * i + 1) as f64 / theta;
         for j in 0..d {
-            let sign = if i < j || (i - j) % 2 == 0 { -1.0 } else { 1.0 };
+            let sign = if i < j || (i - j).is_multiple_of(2) { -1.0 } else { 1.0 };
             a[i * d + j] = r * sign;
         }
-        b[i] = if i % 2 == 0 { r } else { -r };
+        b[i] = if i.is_multiple_of(2) { r } else { -r };
     }
     (a, b)
 }
@@ -287,7 +287,8 @@ impl LmuTables {
 /// discretised once, however many nodes, plans or `eval` calls use it.
 pub fn tables(op: &LmuMemoryOp) -> Result<Arc<LmuTables>> {
     type Key = (usize, u32, Discretizer, u32);
-    static CACHE: OnceLock<Mutex<Vec<(Key, Arc<LmuTables>)>>> = OnceLock::new();
+    type Cache = Mutex<Vec<(Key, Arc<LmuTables>)>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
     let key = (op.order, op.theta.to_bits(), op.discretizer, op.dt.to_bits());
     let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
     if let Some((_, t)) =
@@ -316,7 +317,6 @@ pub struct Scratch {
 /// Runs the memory over `u` `[batch, t, du]` from `init` (`[batch, du * d]`, zeros if
 /// `None`), writing `m` `[batch, t, du * d]` and leaving the final state in
 /// `final_state` when given.
-#[allow(clippy::too_many_arguments)]
 pub fn lmu_memory(
     tb: &LmuTables,
     u: &[f32],
@@ -687,7 +687,7 @@ mod tests {
         let binom = |n: usize, k: usize| (0..k).fold(1.0f64, |acc, i| acc * (n - i) as f64 / (i + 1) as f64);
         let p = |i: usize, r: f64| {
             let s: f64 = (0..=i).map(|j| binom(i, j) * binom(i + j, j) * (-r).powi(j as i32)).sum();
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 s
             } else {
                 -s
