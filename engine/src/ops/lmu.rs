@@ -23,7 +23,11 @@
 //! the stacked powers `[Ā^1 .. Ā^L]^T` (`L` is chosen so those stay within 1 MiB). Both
 //! are GEMMs with no step-to-step dependency inside a chunk; the last row of a chunk is
 //! the state of the next one, so results do not depend on how a stream is split
-//! (up to f32 rounding).
+//! (up to f32 rounding). A sequence without initial state starts with one longer
+//! Toeplitz segment (up to `2d` frames, no powers needed): a whole utterance of
+//! LMUFormer (T = 128, d = 256) is then a single GEMM. FFT is not used: it would cost
+//! `O(T log T)` per coefficient but bring an FFT into the runtime for sizes where the
+//! GEMM already wins.
 
 use super::{fixed_shape, input, opt_input, EvalCtx, InferInput, Kernel, OpImpl};
 use crate::dtype::DType;
@@ -230,18 +234,24 @@ pub fn discrete(op: &LmuMemoryOp) -> (Vec<f64>, Vec<f64>) {
 const POWERS_BUDGET: usize = 1 << 18;
 /// Longest chunk (the Toeplitz block grows as `L^2`).
 const MAX_CHUNK: usize = 64;
+/// Longest zero-state segment (see [`LmuTables::h_rows`]).
+const MAX_SEGMENT: usize = 512;
 
 /// The f32 tables of one attribute set, computed once (see [`tables`]).
 #[derive(Debug)]
 pub struct LmuTables {
     pub order: usize,
-    /// Chunk length `L`.
+    /// Chunk length `L` once a state is carried.
     pub chunk: usize,
+    /// Rows of `h`, the longest segment run from a zero state (no initial state):
+    /// one Toeplitz product of `h_rows^2 d` multiply-adds in place of the
+    /// recurrence's `h_rows d^2`, so up to `2d` frames (at most [`MAX_SEGMENT`]).
+    pub h_rows: usize,
     /// `Ā^T`, `d x d` (the recurrence multiplies states from the left).
     pub a_t: Vec<f32>,
     /// `B̄`, `d`.
     pub b: Vec<f32>,
-    /// Impulse response, `L x d`: row `j` is `Ā^j B̄`.
+    /// Impulse response, `h_rows x d`: row `j` is `Ā^j B̄`.
     pub h: Vec<f32>,
     /// Stacked powers, `d x (L d)`: `q[p, i d + k] = (Ā^{i+1})[k, p]`.
     pub q: Vec<f32>,
@@ -253,6 +263,7 @@ impl LmuTables {
         op.validate()?;
         let d = op.order;
         let chunk = (POWERS_BUDGET / (d * d)).clamp(1, MAX_CHUNK);
+        let h_rows = (2 * d).clamp(chunk, MAX_SEGMENT.max(chunk));
         let (ab, bb) = discrete(op);
         let mut a_t = vec![0.0f32; d * d];
         for i in 0..d {
@@ -260,9 +271,9 @@ impl LmuTables {
                 a_t[j * d + i] = ab[i * d + j] as f32;
             }
         }
-        let mut h = Vec::with_capacity(chunk * d);
+        let mut h = Vec::with_capacity(h_rows * d);
         let mut x = bb.clone();
-        for _ in 0..chunk {
+        for _ in 0..h_rows {
             h.extend(x.iter().map(|&v| v as f32));
             x = (0..d).map(|i| (0..d).map(|j| ab[i * d + j] * x[j]).sum()).collect();
         }
@@ -279,7 +290,7 @@ impl LmuTables {
                 pw = mm(&pw, &ab, d);
             }
         }
-        Ok(LmuTables { order: d, chunk, a_t, b: bb.iter().map(|&v| v as f32).collect(), h, q })
+        Ok(LmuTables { order: d, chunk, h_rows, a_t, b: bb.iter().map(|&v| v as f32).collect(), h, q })
     }
 }
 
@@ -359,8 +370,10 @@ pub fn lmu_memory(
         }
     } else {
         let lmax = tb.chunk;
-        for t0 in (0..t).step_by(lmax) {
-            let l = lmax.min(t - t0);
+        let mut t0 = 0;
+        while t0 < t {
+            // from a zero state the first segment may be longer: it needs no powers of Ā
+            let l = if has_state { lmax } else { tb.h_rows }.min(t - t0);
             // zero-state response: Toe [bc * l, l] @ H [l, d]
             sc.toe.clear();
             sc.toe.resize(bc * l * l, 0.0);
@@ -396,6 +409,7 @@ pub fn lmu_memory(
                 sc.s[r * d..(r + 1) * d].copy_from_slice(&sc.y[(r * l + l - 1) * d..][..d]);
             }
             has_state = true;
+            t0 += l;
         }
     }
     if let Some(f) = final_state {
