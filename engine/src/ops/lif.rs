@@ -137,6 +137,13 @@ impl Kernel for LifKernel {
             }
         };
         match opt_input(inputs, 1) {
+            Some(init) if init.numel() != v.len() => {
+                return Err(Error::Shape(format!(
+                    "LIF: initial_v has {} values, expected {} ({outer} x {inner})",
+                    init.numel(),
+                    v.len()
+                )))
+            }
             Some(init) => v.copy_from_slice(init.as_slice::<f32>()?),
             None => v.fill(self.op.v_reset),
         }
@@ -324,6 +331,9 @@ mod tests {
         let mut one = vec![Tensor::zeros(DType::F32, &[2, 3, 6]).unwrap()];
         k.run(&[Some(&x), Some(&init)], &mut one).unwrap();
         assert_eq!(one[0], want[0]);
+        // a wrong-sized state is an error, not a panic
+        let bad = Tensor::from_vec(&[2, 2], noise(4, 6)).unwrap();
+        assert!(k.run(&[Some(&x), Some(&bad)], &mut one).is_err());
     }
 
     #[test]

@@ -370,10 +370,12 @@ pub fn lmu_memory(
         }
     } else {
         let lmax = tb.chunk;
+        // the first segment's Toeplitz block stays within 16 MiB of scratch
+        let first = tb.h_rows.min(((1usize << 22) / bc.max(1)).isqrt()).max(lmax);
         let mut t0 = 0;
         while t0 < t {
             // from a zero state the first segment may be longer: it needs no powers of Ā
-            let l = if has_state { lmax } else { tb.h_rows }.min(t - t0);
+            let l = if has_state { lmax } else { first }.min(t - t0);
             // zero-state response: Toe [bc * l, l] @ H [l, d]
             sc.toe.clear();
             sc.toe.resize(bc * l * l, 0.0);
