@@ -1,5 +1,7 @@
 //! Differential tests: models written by scripts/make_models.py, reference
 //! outputs from onnxruntime (committed .npy files). floe must match within 1e-4.
+//! The LMUFormer models (scripts/make_lmu_models.py) use floe's own ops, which
+//! onnxruntime cannot run; their references come from the script's numpy model.
 
 use floe_engine::exec::Bindings;
 use floe_engine::ops::attention::AttentionOp;
@@ -43,6 +45,7 @@ fn check_graph(name: &str, g: &Graph) {
         assert_eq!(got.shape(), want.shape(), "{name} output {k}: shape");
         let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
         let worst = g.iter().zip(&w).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0.0, f64::max);
+        println!("{name} output {k}: max error {worst:e}");
         assert!(worst <= 1e-4, "{name} output {k}: max error {worst:e} > 1e-4");
     }
 }
@@ -172,4 +175,32 @@ fn causal_transformer_matches_onnxruntime() {
 #[test]
 fn running_sum_matches_onnxruntime() {
     check_model("running_sum");
+}
+
+#[test]
+fn lmuformer_kws_matches_numpy() {
+    check_model("lmuformer_kws");
+}
+
+/// The spiking model matches numpy as imported and after the pipeline, where every
+/// Linear fed by a LIF runs accumulate-only (the reference input keeps every membrane
+/// potential at least 4e-4 from its threshold, so f32 rounding cannot flip a spike).
+#[test]
+fn lmuformer_kws_spiking_matches_numpy_and_runs_accumulate_only() {
+    check_model("lmuformer_kws_spiking");
+    let mut g = floe_convert::load(models_dir().join("lmuformer_kws_spiking.onnx")).unwrap().graph;
+    let log = floe_convert::pipeline::optimize(&mut g).unwrap();
+    let hist = g.op_histogram();
+    // u, p, f1, f2 and the head take LIF spikes directly; h reads Concat(spikes)
+    assert_eq!(hist.get("SpikeLinear"), Some(&5), "{hist:?} ({log:?})");
+    assert_eq!(hist.get("LIF"), Some(&8), "{hist:?}");
+    check_graph("lmuformer_kws_spiking", &g);
+}
+
+#[test]
+fn lmuformer_kws_optimized_matches_numpy() {
+    let mut g = floe_convert::load(models_dir().join("lmuformer_kws.onnx")).unwrap().graph;
+    floe_convert::pipeline::optimize(&mut g).unwrap();
+    assert!(!g.op_histogram().contains_key("SpikeLinear"));
+    check_graph("lmuformer_kws", &g);
 }

@@ -96,6 +96,18 @@ fn differential_models_survive_the_file_in_every_storage_mode() {
             assert!(err <= tol, "{name} ({q}): relative error {err:.2e} > {tol:.0e}");
         }
     }
+    // floe's own ops (LMUMemory, LIF, SpikeLinear) through the file, unquantized
+    // (quantized weights would move membrane potentials across thresholds)
+    for name in ["lmuformer_kws", "lmuformer_kws_spiking"] {
+        let model = floe_convert::load(models_dir().join(format!("{name}.onnx"))).unwrap();
+        let (inputs, want) = (data(name, "input_"), data(name, "output_"));
+        let converted = convert(&model.graph, Quantization::None).unwrap();
+        let loaded = through_file(&converted, &format!("{name}.floe"), Quantization::None).unwrap();
+        let (mem, file) = (run(&converted, &inputs), run(&loaded, &inputs));
+        assert_eq!(mem, file, "{name}: file and in-memory outputs differ");
+        let err = rel_error(&file, &want);
+        assert!(err <= 1e-4, "{name}: relative error {err:.2e} > 1e-4");
+    }
 }
 
 #[test]

@@ -159,6 +159,17 @@ fn causal_transformer_streams_like_the_whole_sequence() {
 }
 
 #[test]
+fn lmuformer_streams_like_the_whole_sequence() {
+    // two k=3 look-ahead convs in the tokenizer: 2 frames of delay
+    check_all_chunkings("lmuformer_kws", 2);
+}
+
+#[test]
+fn spiking_lmuformer_streams_like_the_whole_sequence() {
+    check_all_chunkings("lmuformer_kws_spiking", 2);
+}
+
+#[test]
 fn running_sum_streams_like_the_whole_sequence() {
     check_all_chunkings("running_sum", 0);
 }

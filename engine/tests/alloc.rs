@@ -78,7 +78,7 @@ fn runs_after_the_first_allocate_nothing() {
 
 #[test]
 fn outputs_agree_at_one_and_several_threads() {
-    for name in ["mlp", "keyword_cnn", "transformer_encoder", "gru", "lstm"] {
+    for name in ["mlp", "keyword_cnn", "transformer_encoder", "gru", "lstm", "lmuformer_kws", "lmuformer_kws_spiking"] {
         let (plan, ins) = load(name);
         let one = Session::with_options(plan.clone(), SessionOptions { threads: 1 }).run(ins.clone()).unwrap();
         for threads in [2, 3] {
@@ -127,4 +127,59 @@ fn stream_pushes_after_the_first_allocate_nothing() {
 fn stream_session_is_send() {
     fn send<T: Send>() {}
     send::<floe_engine::stream::StreamSession>();
+}
+
+/// floe's LMUFormer ops (the LMUFormer example models also hold a Concat, which has
+/// no prepared kernel yet): x -> LIF -> SpikeLinear -> LMUMemory with both state
+/// inputs and outputs, and a LIF without its final_v output.
+#[test]
+fn lmu_lif_and_spike_linear_allocate_nothing_after_the_first_run() {
+    use floe_engine::ops::lif::LifOp;
+    use floe_engine::ops::lmu::{Discretizer, LmuMemoryOp};
+    use floe_engine::ops::matmul::MatMulOp;
+    use floe_engine::{DType, Fact, Graph, Shape};
+    // a whole sequence (chunked path) and one streaming frame (the recurrence)
+    for t in [24usize, 1] {
+        let (c, d) = (8, 16);
+        let mut g = Graph::default();
+        let x = g.add_value("x", Fact::new(DType::F32, Shape::fixed(&[1, t, c])));
+        let v0 = g.add_value("v0", Fact::new(DType::F32, Shape::fixed(&[1, c])));
+        let s0 = g.add_value("s0", Fact::new(DType::F32, Shape::fixed(&[1, d])));
+        g.inputs = vec![x, v0, s0];
+        let (spk, v1) = (g.add_value("spk", Fact::unknown()), g.add_value("v1", Fact::unknown()));
+        g.add_node("lif", LifOp::default().into(), vec![Some(x), Some(v0)], vec![spk, v1]);
+        let w = g.add_const("w", Tensor::from_vec(&[c, 1], (0..c).map(|i| i as f32 * 0.1 - 0.3).collect()).unwrap());
+        let b = g.add_const("b", Tensor::from_vec(&[1], vec![0.2f32]).unwrap());
+        let u = g.add_value("u", Fact::unknown());
+        g.add_node(
+            "fc",
+            MatMulOp::Linear { activation: Default::default() }.into(),
+            vec![Some(spk), Some(w), Some(b)],
+            vec![u],
+        );
+        let (m, s1) = (g.add_value("m", Fact::unknown()), g.add_value("s1", Fact::unknown()));
+        let op = LmuMemoryOp { order: d, theta: 10.0, discretizer: Discretizer::Zoh, dt: 1.0 };
+        g.add_node("mem", op.into(), vec![Some(u), Some(s0)], vec![m, s1]);
+        let ms = g.add_value("ms", Fact::unknown());
+        g.add_node("lif2", LifOp::default().into(), vec![Some(m)], vec![ms]);
+        g.outputs = vec![ms, v1, s1];
+        assert_eq!(floe_engine::passes::spike_accumulate(&mut g), 1);
+        let plan = Arc::new(Plan::new(&g, &Bindings::default()).unwrap());
+        assert_eq!(plan.kernel_coverage(), (4, 4));
+        let ins = vec![
+            Tensor::from_vec(&[1, t, c], (0..t * c).map(|i| ((i * 7) % 11) as f32 * 0.3).collect()).unwrap(),
+            Tensor::from_vec(&[1, c], vec![0.1f32; c]).unwrap(),
+            Tensor::from_vec(&[1, d], vec![0.05f32; d]).unwrap(),
+        ];
+        let mut s = Session::with_options(plan, SessionOptions { threads: 1 });
+        for _ in 0..2 {
+            s.run_borrowed(&ins, |_, _| {}).unwrap();
+        }
+        let before = ALLOCS.with(Cell::get);
+        for _ in 0..5 {
+            s.run_borrowed(&ins, |_, _| {}).unwrap();
+        }
+        let n = ALLOCS.with(Cell::get) - before;
+        assert_eq!(n, 0, "T = {t}: {n} allocations in 5 runs after warm-up");
+    }
 }

@@ -189,6 +189,12 @@ impl Registry {
         self.defs.insert(("", op_type), OpDef { op_type, domain: "", since, latest, convert: Convert::Op(convert) });
     }
 
+    /// Registers `op_type` of another `domain` (e.g. floe's own `"floe"`) for that
+    /// domain's versions `since..`, converted onto one floe op.
+    pub fn add_in(&mut self, domain: &'static str, op_type: &'static str, since: i64, latest: i64, convert: ConvertFn) {
+        self.defs.insert((domain, op_type), OpDef { op_type, domain, since, latest, convert: Convert::Op(convert) });
+    }
+
     /// Registers `op_type` of `domain` (e.g. `"com.microsoft"`), converted by a
     /// lowering onto several floe nodes.
     pub fn add_lowering(
@@ -231,7 +237,9 @@ pub fn ops_markdown() -> String {
          `cargo test` fails when this file is stale. Regenerate with\n\
          `cargo run -p floe -- ops --markdown > docs/ops.md`.\n\n\
          `Constant` nodes become constants at import. \"Opsets\" is the range of opset versions\n\
-         whose semantics the importer implements for the op (newest version listed last).\n\n\
+         whose semantics the importer implements for the op (newest version listed last).\n\
+         floe's own ops (domain `floe`: `LMUMemory`, `LIF`) are described in\n\
+         [custom-ops.md](custom-ops.md).\n\n\
          | Op | Domain | Opsets |\n|---|---|---|\n",
     );
     for d in r.defs() {

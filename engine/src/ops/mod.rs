@@ -16,6 +16,8 @@ pub mod elementwise;
 pub mod fused;
 pub mod gather;
 pub mod layout;
+pub mod lif;
+pub mod lmu;
 pub mod loss;
 pub mod matmul;
 pub mod normalization;
@@ -26,6 +28,7 @@ pub mod resize;
 pub mod rnn;
 pub mod signal;
 pub mod softmax;
+pub mod spike_linear;
 
 use crate::error::Result;
 use crate::graph::Graph;
@@ -127,6 +130,9 @@ op_enum! {
     Attention(attention::AttentionOp),
     Signal(signal::SignalOp),
     Detection(detection::DetectionOp),
+    Lmu(lmu::LmuMemoryOp),
+    Lif(lif::LifOp),
+    SpikeLinear(spike_linear::SpikeLinearOp),
 }
 
 impl Op {

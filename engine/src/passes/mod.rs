@@ -10,6 +10,7 @@ pub mod fuse_layer_norm;
 pub mod fuse_linear;
 pub mod quantize_weights;
 pub mod shape_values;
+pub mod spike_accumulate;
 pub mod util;
 
 pub use dead_nodes::remove_dead_nodes;
@@ -21,3 +22,4 @@ pub use fuse_gelu::fuse_gelu;
 pub use fuse_layer_norm::fuse_layer_norm;
 pub use fuse_linear::fuse_linear;
 pub use quantize_weights::quantize_weights;
+pub use spike_accumulate::spike_accumulate;

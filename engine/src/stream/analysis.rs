@@ -398,6 +398,15 @@ fn classify(
         Op::Pool(_) => blocking("pools over time"),
         Op::Rnn(r) => classify_rnn(r, node, &in_axes, g),
         Op::Attention(a) => classify_attention(a, node, &in_axes, in_rank(0)),
+        Op::Lmu(_) | Op::Lif(_) => classify_explicit_state(g, node, &in_axes, explicit_state(&node.op, in_rank(0))),
+        Op::SpikeLinear(s) => {
+            let contracted = if s.channels_first { 1 } else { in_rank(0).saturating_sub(1) };
+            if only_x && x_in == 0 && t != contracted && keeps_time {
+                NodeClass::Stateless
+            } else {
+                summary()
+            }
+        }
         Op::Control(_) => blocking("control flow (If/Loop/Scan) over time-dependent data"),
         _ => blocking(format!("{} has no streaming rule", node.op.name())),
     }
@@ -560,4 +569,30 @@ fn classify_attention(
         return blocking("attention whose present KV / scores are read elsewhere");
     }
     NodeClass::Stateful(StateKind::KvCache)
+}
+
+/// Ops that carry their state as an explicit input and output (floe's LMU and
+/// LIF): (time axis of input 0, initial-state input, final-state output).
+pub(crate) fn explicit_state(op: &Op, rank: usize) -> Option<(usize, usize, usize)> {
+    match op {
+        Op::Lmu(_) => Some((1, 1, 1)),
+        Op::Lif(l) => Some((norm(l.time_axis, rank), 1, 1)),
+        _ => None,
+    }
+}
+
+fn classify_explicit_state(
+    g: &Graph,
+    node: &crate::graph::Node,
+    in_axes: &[(usize, usize)],
+    rule: Option<(usize, usize, usize)>,
+) -> NodeClass {
+    let Some((axis, state_in, _)) = rule else { return blocking("no streaming rule") };
+    if in_axes != [(0, axis)] {
+        return blocking(format!("time must be axis {axis} of input 0 only"));
+    }
+    if node.inputs.get(state_in).copied().flatten().is_some_and(|v| g.values[v].konst.is_none()) {
+        return blocking("the initial state is not a constant");
+    }
+    NodeClass::Stateful(StateKind::Recurrent)
 }

@@ -14,7 +14,7 @@
 //! - where inputs of one node have different delays (a look-ahead on one
 //!   branch), the less delayed ones pass through a delay line.
 
-use super::analysis::{Analysis, NodeClass, StateKind};
+use super::analysis::{explicit_state, Analysis, NodeClass, StateKind};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, ValueId};
@@ -206,7 +206,8 @@ pub fn step_graph(g: &Graph, a: &Analysis, opts: &StreamOptions) -> Result<StepG
         align_delays(&mut b, &mut node)?;
         match class {
             NodeClass::Stateful(StateKind::ConvContext { context, .. }) => conv(&mut b, &mut node, *context)?,
-            NodeClass::Stateful(StateKind::Recurrent) => rnn(&mut b, &mut node)?,
+            NodeClass::Stateful(StateKind::Recurrent) if matches!(node.op, Op::Rnn(_)) => rnn(&mut b, &mut node)?,
+            NodeClass::Stateful(StateKind::Recurrent) => explicit(&mut b, node)?,
             NodeClass::Stateful(StateKind::KvCache) => attention(&mut b, node, opts)?,
             NodeClass::Stateful(StateKind::RunningSum) => running_sum(&mut b, node)?,
             _ => b.nodes.push(node),
@@ -447,5 +448,50 @@ fn running_sum(b: &mut Builder<'_>, mut node: Node) -> Result<()> {
         vec![st_out],
     );
     b.set_state_output(si, st_out);
+    Ok(())
+}
+
+/// An op with an explicit initial-state input and final-state output (LMU,
+/// LIF): both wired to a state slot of one frame's shape (output 0's shape
+/// without the time axis).
+fn explicit(b: &mut Builder<'_>, mut node: Node) -> Result<()> {
+    let x = node.inputs[0].ok_or_else(|| Error::Invalid("missing input 0".into()))?;
+    let xs = b.probe_shape(x)?;
+    let (axis, state_in, state_out) =
+        explicit_state(&node.op, xs.len()).ok_or_else(|| Error::Invalid("no explicit state".into()))?;
+    let y = node.outputs[0];
+    let mut shape = b.probe_shape(y)?;
+    shape.remove(axis);
+    let dtype = b.g.values[x].fact.dtype.unwrap_or(DType::F32);
+    let given = node.inputs.get(state_in).copied().flatten().and_then(|v| b.g.values[v].konst.clone());
+    let init = match (&node.op, given) {
+        (_, Some(t)) => Some(t),
+        // LIF starts at its reset potential.
+        (Op::Lif(l), None) if l.v_reset != 0.0 => {
+            Some(Tensor::from_vec(&shape, vec![l.v_reset; shape.iter().product()])?)
+        }
+        _ => None,
+    };
+    let owner = node.name.clone();
+    let slot = StateSlot {
+        node: owner.clone(),
+        dtype,
+        shape: shape.clone(),
+        capacity_axis: None,
+        init,
+        skip: b.a.delay[b.orig(x)],
+    };
+    let (st_in, si) = b.state(&owner, "state", dtype, Shape::fixed(&shape), slot);
+    if node.inputs.len() <= state_in {
+        node.inputs.resize(state_in + 1, None);
+    }
+    node.inputs[state_in] = Some(st_in);
+    while node.outputs.len() <= state_out {
+        let k = node.outputs.len();
+        let v = b.value(format!("{owner}::out{k}"), Fact::dtype_only(dtype));
+        node.outputs.push(v);
+    }
+    b.set_state_output(si, node.outputs[state_out]);
+    b.nodes.push(node);
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod conv;
 pub mod detection;
 pub mod einsum;
 pub mod elementwise;
+pub mod floe_custom;
 pub mod gather;
 pub mod layout;
 pub mod loss;
@@ -45,4 +46,5 @@ pub fn register_all(r: &mut Registry) {
     contrib_attention::register(r);
     signal::register(r);
     detection::register(r);
+    floe_custom::register(r);
 }
