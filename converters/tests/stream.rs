@@ -212,3 +212,23 @@ fn non_causal_attention_is_refused_naming_the_node_and_windowed_mode_runs_it() {
         }
     }
 }
+
+#[test]
+fn reset_starts_a_new_stream_and_state_size_is_reported() {
+    let (g, inputs) = load("lmuformer_kws_spiking");
+    let mut s = StreamSession::new(&g, config(StreamMode::Stateful(StreamOptions::default()))).unwrap();
+    // LIF membranes and the LMU memory, conv rings: some hundreds of bytes
+    assert!(s.state_bytes() > 100, "{}", s.state_bytes());
+    let chunks: Vec<Tensor> = (0..5).map(|i| chunk(&inputs[0], 1, i * 4, 4)).collect();
+    let first: Vec<Vec<f32>> = chunks
+        .iter()
+        .map(|c| s.push(std::slice::from_ref(c)).unwrap()[0].as_slice::<f32>().unwrap().to_vec())
+        .collect();
+    s.reset().unwrap();
+    assert_eq!(s.frames(), 0);
+    let again: Vec<Vec<f32>> = chunks
+        .iter()
+        .map(|c| s.push(std::slice::from_ref(c)).unwrap()[0].as_slice::<f32>().unwrap().to_vec())
+        .collect();
+    assert_eq!(first, again);
+}
