@@ -571,12 +571,21 @@ fn classify_attention(
     NodeClass::Stateful(StateKind::KvCache)
 }
 
-/// Ops that carry their state as an explicit input and output (floe's LMU and
-/// LIF): (time axis of input 0, initial-state input, final-state output).
-pub(crate) fn explicit_state(op: &Op, rank: usize) -> Option<(usize, usize, usize)> {
+/// How an op with explicit state streams: which inputs may carry time (and on
+/// which axis), and its (initial-state input, final-state output) pairs.
+pub(crate) struct ExplicitState {
+    pub time_inputs: Vec<(usize, usize)>,
+    pub states: Vec<(usize, usize)>,
+}
+
+/// Ops that carry their state as explicit inputs and outputs (floe's LMU and
+/// LIF, linear attention, causal conv with state).
+pub(crate) fn explicit_state(op: &Op, rank: usize) -> Option<ExplicitState> {
+    let es =
+        |time_inputs: Vec<(usize, usize)>, states: Vec<(usize, usize)>| Some(ExplicitState { time_inputs, states });
     match op {
-        Op::Lmu(_) => Some((1, 1, 1)),
-        Op::Lif(l) => Some((norm(l.time_axis, rank), 1, 1)),
+        Op::Lmu(_) => es(vec![(0, 1)], vec![(1, 1)]),
+        Op::Lif(l) => es(vec![(0, norm(l.time_axis, rank))], vec![(1, 1)]),
         _ => None,
     }
 }
@@ -585,14 +594,16 @@ fn classify_explicit_state(
     g: &Graph,
     node: &crate::graph::Node,
     in_axes: &[(usize, usize)],
-    rule: Option<(usize, usize, usize)>,
+    rule: Option<ExplicitState>,
 ) -> NodeClass {
-    let Some((axis, state_in, _)) = rule else { return blocking("no streaming rule") };
-    if in_axes != [(0, axis)] {
-        return blocking(format!("time must be axis {axis} of input 0 only"));
+    let Some(rule) = rule else { return blocking("no streaming rule") };
+    if let Some((i, a)) = in_axes.iter().find(|ia| !rule.time_inputs.contains(ia)) {
+        return blocking(format!("input {i} carries time on axis {a}, which this op cannot stream"));
     }
-    if node.inputs.get(state_in).copied().flatten().is_some_and(|v| g.values[v].konst.is_none()) {
-        return blocking("the initial state is not a constant");
+    for &(state_in, _) in &rule.states {
+        if node.inputs.get(state_in).copied().flatten().is_some_and(|v| g.values[v].konst.is_none()) {
+            return blocking("the initial state is not a constant");
+        }
     }
     NodeClass::Stateful(StateKind::Recurrent)
 }

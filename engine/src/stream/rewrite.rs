@@ -451,47 +451,73 @@ fn running_sum(b: &mut Builder<'_>, mut node: Node) -> Result<()> {
     Ok(())
 }
 
-/// An op with an explicit initial-state input and final-state output (LMU,
-/// LIF): both wired to a state slot of one frame's shape (output 0's shape
-/// without the time axis).
+/// An op with explicit initial-state inputs and final-state outputs (LMU, LIF,
+/// linear attention, causal conv with state): each pair wired to a state slot
+/// whose shape the op's own inference gives for the probe shapes.
 fn explicit(b: &mut Builder<'_>, mut node: Node) -> Result<()> {
     let x = node.inputs[0].ok_or_else(|| Error::Invalid("missing input 0".into()))?;
     let xs = b.probe_shape(x)?;
-    let (axis, state_in, state_out) =
-        explicit_state(&node.op, xs.len()).ok_or_else(|| Error::Invalid("no explicit state".into()))?;
-    let y = node.outputs[0];
-    let mut shape = b.probe_shape(y)?;
-    shape.remove(axis);
-    let dtype = b.g.values[x].fact.dtype.unwrap_or(DType::F32);
-    let given = node.inputs.get(state_in).copied().flatten().and_then(|v| b.g.values[v].konst.clone());
-    let init = match (&node.op, given) {
-        (_, Some(t)) => Some(t),
-        // LIF starts at its reset potential.
-        (Op::Lif(l), None) if l.v_reset != 0.0 => {
-            Some(Tensor::from_vec(&shape, vec![l.v_reset; shape.iter().product()])?)
-        }
-        _ => None,
-    };
+    let rule = explicit_state(&node.op, xs.len()).ok_or_else(|| Error::Invalid("no explicit state".into()))?;
+    let n_out = rule.states.iter().map(|&(_, o)| o + 1).max().unwrap_or(1).max(node.outputs.len());
+    // State shapes from the op's inference on concrete (probe) input facts.
+    let facts: Vec<Option<Fact>> = node
+        .inputs
+        .iter()
+        .map(|i| {
+            i.map(|v| {
+                let dt = b.g.values[v].fact.dtype;
+                let shape = b.probe_shape(v).ok().map(|s| Shape::fixed(&s));
+                Fact { dtype: dt, shape }
+            })
+        })
+        .collect();
+    let unknown = Fact::unknown();
+    let ins: Vec<crate::ops::InferInput<'_>> = node
+        .inputs
+        .iter()
+        .zip(&facts)
+        .map(|(i, f)| crate::ops::InferInput {
+            fact: f.as_ref().unwrap_or(&unknown),
+            value: i.and_then(|v| b.g.values[v].konst.as_ref()),
+        })
+        .collect();
+    let out_facts = node.op.infer(&ins, n_out)?;
     let owner = node.name.clone();
-    let slot = StateSlot {
-        node: owner.clone(),
-        dtype,
-        shape: shape.clone(),
-        capacity_axis: None,
-        init,
-        skip: b.a.delay[b.orig(x)],
-    };
-    let (st_in, si) = b.state(&owner, "state", dtype, Shape::fixed(&shape), slot);
-    if node.inputs.len() <= state_in {
-        node.inputs.resize(state_in + 1, None);
+    let skip = node
+        .inputs
+        .iter()
+        .flatten()
+        .filter(|&&v| b.a.timed.get(b.orig(v)).copied().unwrap_or(false))
+        .map(|&v| b.a.delay[b.orig(v)])
+        .max()
+        .unwrap_or(0);
+    for (k, &(state_in, state_out)) in rule.states.iter().enumerate() {
+        let f = &out_facts[state_out];
+        let (Some(dtype), Some(shape)) = (f.dtype, f.shape.as_ref().and_then(|s| s.as_fixed())) else {
+            return Err(Error::Invalid(format!("the shape of state output {state_out} is not known")));
+        };
+        let given = node.inputs.get(state_in).copied().flatten().and_then(|v| b.g.values[v].konst.clone());
+        let init = match (&node.op, given) {
+            (_, Some(t)) => Some(t),
+            // LIF starts at its reset potential.
+            (Op::Lif(l), None) if l.v_reset != 0.0 => {
+                Some(Tensor::from_vec(&shape, vec![l.v_reset; shape.iter().product()])?)
+            }
+            _ => None,
+        };
+        let slot = StateSlot { node: owner.clone(), dtype, shape: shape.clone(), capacity_axis: None, init, skip };
+        let (st_in, si) = b.state(&owner, &format!("state{k}"), dtype, Shape::fixed(&shape), slot);
+        if node.inputs.len() <= state_in {
+            node.inputs.resize(state_in + 1, None);
+        }
+        node.inputs[state_in] = Some(st_in);
+        while node.outputs.len() <= state_out {
+            let j = node.outputs.len();
+            let v = b.value(format!("{owner}::out{j}"), Fact::dtype_only(dtype));
+            node.outputs.push(v);
+        }
+        b.set_state_output(si, node.outputs[state_out]);
     }
-    node.inputs[state_in] = Some(st_in);
-    while node.outputs.len() <= state_out {
-        let k = node.outputs.len();
-        let v = b.value(format!("{owner}::out{k}"), Fact::dtype_only(dtype));
-        node.outputs.push(v);
-    }
-    b.set_state_output(si, node.outputs[state_out]);
     b.nodes.push(node);
     Ok(())
 }
