@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod broadcast;
+pub mod causal_conv;
 pub mod control;
 pub mod conv;
 pub mod detection;
@@ -15,6 +16,7 @@ pub mod elementwise;
 pub mod fused;
 pub mod gather;
 pub mod layout;
+pub mod linear_attention;
 pub mod loss;
 pub mod matmul;
 pub mod normalization;
@@ -126,6 +128,8 @@ op_enum! {
     Attention(attention::AttentionOp),
     Signal(signal::SignalOp),
     Detection(detection::DetectionOp),
+    LinearAttention(linear_attention::LinearAttentionOp),
+    CausalConv(causal_conv::CausalConvOp),
 }
 
 impl Op {

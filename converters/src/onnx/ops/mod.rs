@@ -2,6 +2,7 @@
 //! `floe_engine::ops`). Each file registers its ops with their opset ranges.
 
 pub mod attention;
+pub mod causal_conv;
 pub mod constant;
 pub mod contrib_attention;
 pub mod control;
@@ -11,6 +12,7 @@ pub mod einsum;
 pub mod elementwise;
 pub mod gather;
 pub mod layout;
+pub mod linear_attention;
 pub mod loss;
 pub mod matmul;
 pub mod normalization;
@@ -45,4 +47,6 @@ pub fn register_all(r: &mut Registry) {
     contrib_attention::register(r);
     signal::register(r);
     detection::register(r);
+    linear_attention::register(r);
+    causal_conv::register(r);
 }
