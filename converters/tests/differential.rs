@@ -185,10 +185,9 @@ fn linear_transformer_fuses_each_layer_into_one_linear_attention_op() {
         })
         .collect();
     assert_eq!(ops.len(), 2, "{hist:?} ({log:?})");
-    assert!(ops.iter().all(|a| matches!(
-        a,
-        LinearAttentionOp::Normalized { causal: true, feature_map: FeatureMap::EluPlusOne, .. }
-    )));
+    assert!(ops
+        .iter()
+        .all(|a| matches!(a, LinearAttentionOp::Normalized { causal: true, feature_map: FeatureMap::EluPlusOne, .. })));
     for gone in ["Einsum", "CumSum", "Elu", "Reciprocal", "Div"] {
         assert!(!hist.contains_key(gone), "{gone} left: {hist:?}");
     }

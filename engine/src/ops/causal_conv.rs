@@ -104,10 +104,8 @@ impl OpImpl for CausalConvOp {
             &mut state,
         );
         let dt = x.dtype();
-        let mut outs = vec![
-            Tensor::from_vec(&[b, c, l], out)?.cast(dt)?,
-            Tensor::from_vec(&[b, c, k - 1], state)?.cast(dt)?,
-        ];
+        let mut outs =
+            vec![Tensor::from_vec(&[b, c, l], out)?.cast(dt)?, Tensor::from_vec(&[b, c, k - 1], state)?.cast(dt)?];
         outs.truncate(ctx.n_outputs.max(1));
         Ok(outs)
     }

@@ -100,7 +100,11 @@ pub enum LinearAttentionOp {
 
 /// A tensor's values as f32, borrowed when it already is f32.
 fn f32s(t: &Tensor) -> Result<Cow<'_, [f32]>> {
-    Ok(if t.dtype() == DType::F32 { Cow::Borrowed(t.as_slice::<f32>()?) } else { Cow::Owned(t.cast(DType::F32)?.as_slice::<f32>()?.to_vec()) })
+    Ok(if t.dtype() == DType::F32 {
+        Cow::Borrowed(t.as_slice::<f32>()?)
+    } else {
+        Cow::Owned(t.cast(DType::F32)?.as_slice::<f32>()?.to_vec())
+    })
 }
 
 fn out_tensor(dtype: DType, shape: &[usize], v: Vec<f32>) -> Result<Tensor> {
@@ -156,13 +160,17 @@ impl LinearAttentionOp {
         let (q, k, v) = (input(inputs, 0, "query")?, input(inputs, 1, "key")?, input(inputs, 2, "value")?);
         let (past, decay, beta) = (opt_input(inputs, 3), opt_input(inputs, 4), opt_input(inputs, 5));
         let dtype = float_dtype(q, "query")?;
-        if hq == 0 || hkv == 0 || hq % hkv != 0 {
+        if hq == 0 || hkv == 0 || !hq.is_multiple_of(hkv) {
             bail!("q_num_heads ({hq}) must be a positive multiple of kv_num_heads ({hkv})");
         }
         let (qs, ks, vs) = (shape3(q, "query")?, shape3(k, "key")?, shape3(v, "value")?);
         let (b, t) = (qs[0], qs[1]);
         if qs[2] % hq != 0 || vs[2] % hkv != 0 {
-            bail!("query width {} / q_num_heads {hq} or value width {} / kv_num_heads {hkv} is not whole", qs[2], vs[2]);
+            bail!(
+                "query width {} / q_num_heads {hq} or value width {} / kv_num_heads {hkv} is not whole",
+                qs[2],
+                vs[2]
+            );
         }
         let (dk, dv) = (qs[2] / hq, vs[2] / hkv);
         if ks != [b, t, hkv * dk] || vs[..2] != [b, t] {
@@ -271,7 +279,9 @@ impl LinearAttentionOp {
         let (kv_shape, z_shape) = ([n, h, d, m], [n, h, d]);
         let past_kv = opt_input(inputs, 3).map(f32s).transpose()?;
         let past_z = opt_input(inputs, 4).map(f32s).transpose()?;
-        if past_kv.as_ref().is_some_and(|p| p.len() != n * h * d * m) || past_z.as_ref().is_some_and(|p| p.len() != n * h * d) {
+        if past_kv.as_ref().is_some_and(|p| p.len() != n * h * d * m)
+            || past_z.as_ref().is_some_and(|p| p.len() != n * h * d)
+        {
             bail!("past state must be {kv_shape:?} and {z_shape:?}");
         }
         let mut qf = f32s(q)?.into_owned();
@@ -311,7 +321,8 @@ impl LinearAttentionOp {
                     kernel::run(&head, UpdateRule::Linear, 1.0, 64, &mut st, &mut oa);
                 } else {
                     // Every query reads the state after all keys: one pass over S.
-                    let head = Head { q: &[], k: &kh, v: &va, decay: Decay::None, beta: None, groups: 0, t: s, dk: d, dv: ma };
+                    let head =
+                        Head { q: &[], k: &kh, v: &va, decay: Decay::None, beta: None, groups: 0, t: s, dk: d, dv: ma };
                     kernel::run(&head, UpdateRule::Linear, 1.0, 64, &mut st, &mut []);
                     floe_kernels::gemm::sgemm(
                         1.0,
@@ -339,7 +350,7 @@ impl LinearAttentionOp {
 
 fn dim_div(a: &Dim, n: usize) -> Dim {
     match a {
-        Dim::Fixed(x) if n > 0 && x % n == 0 => Dim::Fixed(x / n),
+        Dim::Fixed(x) if n > 0 && x.is_multiple_of(n) => Dim::Fixed(x / n),
         _ => Dim::Unknown,
     }
 }
@@ -366,7 +377,8 @@ impl OpImpl for LinearAttentionOp {
         let facts: Vec<Fact> = match self {
             LinearAttentionOp::LinearAttention { q_num_heads: hq, kv_num_heads: hkv, .. } => {
                 let (hq, hkv) = (*hq, *hkv);
-                let state_dtype = if inputs.len() > 3 && inputs[3].fact.dtype.is_some() { fact(3).dtype } else { dtype };
+                let state_dtype =
+                    if inputs.len() > 3 && inputs[3].fact.dtype.is_some() { fact(3).dtype } else { dtype };
                 match (dims(0, 3), dims(2, 3)) {
                     (Some(q), Some(v)) => {
                         let dv = dim_div(&v[2], hkv);
@@ -384,10 +396,7 @@ impl OpImpl for LinearAttentionOp {
             LinearAttentionOp::Normalized { .. } => match (dims(0, 4), dims(2, 4)) {
                 (Some(q), Some(v)) => vec![
                     Fact { dtype, shape: Some(Shape(vec![q[0].clone(), q[1].clone(), q[2].clone(), v[3].clone()])) },
-                    Fact {
-                        dtype,
-                        shape: Some(Shape(vec![q[0].clone(), q[2].clone(), q[3].clone(), v[3].clone()])),
-                    },
+                    Fact { dtype, shape: Some(Shape(vec![q[0].clone(), q[2].clone(), q[3].clone(), v[3].clone()])) },
                     Fact { dtype, shape: Some(Shape(vec![q[0].clone(), q[2].clone(), q[3].clone()])) },
                 ],
                 _ => super::dtype_facts(dtype, 3),

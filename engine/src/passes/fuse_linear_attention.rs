@@ -30,7 +30,7 @@ use crate::ops::layout::LayoutOp;
 use crate::ops::linear_attention::{FeatureMap, LinearAttentionOp};
 use crate::ops::reduce::{ReduceKind, ReduceOp};
 use crate::ops::Op;
-use crate::shape::{Dim, Fact, Shape};
+use crate::shape::{Fact, Shape};
 
 /// One recognised block.
 struct Match {
@@ -55,10 +55,13 @@ pub fn fuse_linear_attention(g: &mut Graph) -> usize {
         let mut outputs = vec![g.nodes[i].outputs[0]];
         if m.causal {
             // present (S, z): [N, H, D, M] and [N, H, D], for a streaming executor to thread.
-            let (q, v) = (dims(m.q), dims(m.v));
-            let shape = |f: &dyn Fn(&[Dim], &[Dim]) -> Vec<Dim>| q.as_ref().zip(v.as_ref()).map(|(q, v)| Shape(f(q, v)));
-            let kv = shape(&|q, v| vec![q[0].clone(), q[2].clone(), q[3].clone(), v[3].clone()]);
-            let z = shape(&|q, _| vec![q[0].clone(), q[2].clone(), q[3].clone()]);
+            let (kv, z) = match (dims(m.q), dims(m.v)) {
+                (Some(q), Some(v)) => (
+                    Some(Shape(vec![q[0].clone(), q[2].clone(), q[3].clone(), v[3].clone()])),
+                    Some(Shape(vec![q[0].clone(), q[2].clone(), q[3].clone()])),
+                ),
+                _ => (None, None),
+            };
             outputs.push(g.add_value(format!("{name}.present_kv"), Fact { dtype, shape: kv }));
             outputs.push(g.add_value(format!("{name}.present_z"), Fact { dtype, shape: z }));
         }
@@ -166,7 +169,7 @@ fn elu_plus_one(g: &Graph, v: ValueId) -> Option<ValueId> {
     (scalar_const(g, one)? == 1.0).then_some(())?;
     let elu = producer(g, e)?;
     match g.nodes[elu].op {
-        Op::Elementwise(ElementwiseOp::Unary(UnaryOp::Elu { alpha })) if alpha == 1.0 => input(g, elu, 0),
+        Op::Elementwise(ElementwiseOp::Unary(UnaryOp::Elu { alpha: 1.0 })) => input(g, elu, 0),
         _ => None,
     }
 }
