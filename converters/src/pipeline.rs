@@ -59,6 +59,7 @@ pub fn optimize(g: &mut Graph) -> Result<Vec<String>, floe_engine::Error> {
     note("fuse_layer_norm", passes::fuse_layer_norm(g));
     note("fuse_gelu", passes::fuse_gelu(g));
     note("fuse_attention", passes::fuse_attention(g));
+    note("fuse_linear_attention", passes::fuse_linear_attention(g));
     note("fuse_linear", passes::fuse_linear(g));
     note("fuse_activation", passes::fuse_activation(g));
     note("spike_accumulate", passes::spike_accumulate(g));

@@ -204,3 +204,38 @@ fn lmuformer_kws_optimized_matches_numpy() {
     assert!(!g.op_histogram().contains_key("SpikeLinear"));
     check_graph("lmuformer_kws", &g);
 }
+
+#[test]
+fn linear_transformer_matches_onnxruntime() {
+    check_model("linear_transformer");
+}
+
+/// Expected outputs from onnx.reference (onnxruntime 1.22 has no LinearAttention-27).
+#[test]
+fn linear_transformer_onnx_matches_the_onnx_reference() {
+    check_model("linear_transformer_onnx");
+}
+
+#[test]
+fn linear_transformer_fuses_each_layer_into_one_linear_attention_op() {
+    use floe_engine::ops::linear_attention::{FeatureMap, LinearAttentionOp};
+    let mut g = floe_convert::load(models_dir().join("linear_transformer.onnx")).unwrap().graph;
+    let log = floe_convert::pipeline::optimize(&mut g).unwrap();
+    let hist = g.op_histogram();
+    let ops: Vec<&LinearAttentionOp> = g
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::LinearAttention(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ops.len(), 2, "{hist:?} ({log:?})");
+    assert!(ops
+        .iter()
+        .all(|a| matches!(a, LinearAttentionOp::Normalized { causal: true, feature_map: FeatureMap::EluPlusOne, .. })));
+    for gone in ["Einsum", "CumSum", "Elu", "Reciprocal", "Div"] {
+        assert!(!hist.contains_key(gone), "{gone} left: {hist:?}");
+    }
+    check_graph("linear_transformer", &g);
+}

@@ -170,6 +170,13 @@ fn spiking_lmuformer_streams_like_the_whole_sequence() {
 }
 
 #[test]
+fn linear_transformers_stream_like_the_whole_sequence() {
+    // the plain-op Katharopoulos form (fused into the recurrent op) and ONNX LinearAttention
+    check_all_chunkings("linear_transformer", 0);
+    check_all_chunkings("linear_transformer_onnx", 0);
+}
+
+#[test]
 fn running_sum_streams_like_the_whole_sequence() {
     check_all_chunkings("running_sum", 0);
 }

@@ -6,8 +6,10 @@
 
 pub mod arch;
 pub mod attention;
+pub mod causal_conv;
 pub mod elementwise;
 pub mod gemm;
+pub mod linear_attention;
 pub mod math;
 pub mod norm;
 pub mod parallel;

@@ -8,6 +8,7 @@
 pub mod attention;
 mod block_copy;
 pub mod broadcast;
+pub mod causal_conv;
 pub mod control;
 pub mod conv;
 pub mod detection;
@@ -17,6 +18,7 @@ pub mod fused;
 pub mod gather;
 pub mod layout;
 pub mod lif;
+pub mod linear_attention;
 pub mod lmu;
 pub mod loss;
 pub mod matmul;
@@ -133,6 +135,8 @@ op_enum! {
     Lmu(lmu::LmuMemoryOp),
     Lif(lif::LifOp),
     SpikeLinear(spike_linear::SpikeLinearOp),
+    LinearAttention(linear_attention::LinearAttentionOp),
+    CausalConv(causal_conv::CausalConvOp),
 }
 
 impl Op {

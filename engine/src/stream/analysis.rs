@@ -398,7 +398,12 @@ fn classify(
         Op::Pool(_) => blocking("pools over time"),
         Op::Rnn(r) => classify_rnn(r, node, &in_axes, g),
         Op::Attention(a) => classify_attention(a, node, &in_axes, in_rank(0)),
-        Op::Lmu(_) | Op::Lif(_) => classify_explicit_state(g, node, &in_axes, explicit_state(&node.op, in_rank(0))),
+        Op::LinearAttention(crate::ops::linear_attention::LinearAttentionOp::Normalized { causal: false, .. }) => {
+            blocking("non-causal linear attention over all of time (every output frame sees future frames)")
+        }
+        Op::Lmu(_) | Op::Lif(_) | Op::LinearAttention(_) | Op::CausalConv(_) => {
+            classify_explicit_state(g, node, &in_axes, explicit_state(&node.op, in_rank(0)))
+        }
         Op::SpikeLinear(s) => {
             let contracted = if s.channels_first { 1 } else { in_rank(0).saturating_sub(1) };
             if only_x && x_in == 0 && t != contracted && keeps_time {
@@ -586,6 +591,16 @@ pub(crate) fn explicit_state(op: &Op, rank: usize) -> Option<ExplicitState> {
     match op {
         Op::Lmu(_) => es(vec![(0, 1)], vec![(1, 1)]),
         Op::Lif(l) => es(vec![(0, norm(l.time_axis, rank))], vec![(1, 1)]),
+        // q, k, v [B, T, H * d], decay and beta [B, T, ...]; the state [B, H, dk, dv]
+        Op::LinearAttention(crate::ops::linear_attention::LinearAttentionOp::LinearAttention { .. }) => {
+            es(vec![(0, 1), (1, 1), (2, 1), (4, 1), (5, 1)], vec![(3, 1)])
+        }
+        // Q, K, V [N, L, H, D]; the sums S (past_kv) and z (past_z)
+        Op::LinearAttention(crate::ops::linear_attention::LinearAttentionOp::Normalized { .. }) => {
+            es(vec![(0, 1), (1, 1), (2, 1)], vec![(3, 1), (4, 2)])
+        }
+        // x [B, C, L]; the last k - 1 frames
+        Op::CausalConv(_) => es(vec![(0, 2)], vec![(3, 1)]),
         _ => None,
     }
 }

@@ -2,6 +2,7 @@
 //! `floe_engine::ops`). Each file registers its ops with their opset ranges.
 
 pub mod attention;
+pub mod causal_conv;
 pub mod constant;
 pub mod contrib_attention;
 pub mod control;
@@ -12,6 +13,7 @@ pub mod elementwise;
 pub mod floe_custom;
 pub mod gather;
 pub mod layout;
+pub mod linear_attention;
 pub mod loss;
 pub mod matmul;
 pub mod normalization;
@@ -47,4 +49,6 @@ pub fn register_all(r: &mut Registry) {
     signal::register(r);
     detection::register(r);
     floe_custom::register(r);
+    linear_attention::register(r);
+    causal_conv::register(r);
 }
