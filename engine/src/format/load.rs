@@ -183,6 +183,16 @@ mod tests {
     }
 
     #[test]
+    fn version_2_files_still_load_without_a_stream_spec() {
+        let rec = TargetRecord::named("rpi4-aarch64");
+        let m = Model::from_bytes(image(&rec, 2), "v2.floe").unwrap();
+        assert_eq!(m.header.version, 2);
+        assert_eq!(m.info.target, "rpi4-aarch64");
+        assert_eq!(m.info.stream, None);
+        assert_eq!(weight(&m), [1.0, -2.0, 0.5]);
+    }
+
+    #[test]
     fn version_0_is_refused_with_the_versions_this_floe_reads() {
         let mut bytes = image(&TargetRecord::named("generic"), FORMAT_VERSION);
         bytes[8..12].copy_from_slice(&0u32.to_le_bytes());

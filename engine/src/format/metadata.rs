@@ -69,9 +69,40 @@ pub struct ModelInfo {
     /// ONNX opset of the source model (0 if not from ONNX).
     pub opset: i64,
     /// How `floe convert --stream` prepared it for streaming (a
-    /// [`StreamSpec`](crate::stream::StreamSpec): `T` or `windowed:N@T`), if it did.
-    #[serde(default)]
+    /// [`StreamSpec`](crate::stream::StreamSpec): `T` or `windowed:N@T`), if it
+    /// did (format version 3).
     pub stream: Option<String>,
+}
+
+/// [`ModelInfo`] as format versions 1 and 2 store it (no `stream`); still read.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelInfoV2 {
+    pub producer: String,
+    pub source: String,
+    pub target: String,
+    pub quantization: Quantization,
+    pub quantized: Vec<QuantizedTensor>,
+    pub opset: i64,
+}
+
+impl From<ModelInfoV2> for ModelInfo {
+    fn from(i: ModelInfoV2) -> ModelInfo {
+        let ModelInfoV2 { producer, source, target, quantization, quantized, opset } = i;
+        ModelInfo { producer, source, target, quantization, quantized, opset, stream: None }
+    }
+}
+
+impl From<&ModelInfo> for ModelInfoV2 {
+    fn from(i: &ModelInfo) -> ModelInfoV2 {
+        ModelInfoV2 {
+            producer: i.producer.clone(),
+            source: i.source.clone(),
+            target: i.target.clone(),
+            quantization: i.quantization,
+            quantized: i.quantized.clone(),
+            opset: i.opset,
+        }
+    }
 }
 
 /// The board preset a file was converted for, and what that preset's kernels need
@@ -109,7 +140,7 @@ impl TargetRecord {
     }
 }
 
-/// The whole metadata section (format version 2).
+/// The whole metadata section (format version 3).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Metadata {
     pub info: ModelInfo,
@@ -122,30 +153,44 @@ pub struct Metadata {
 /// The metadata section of format version 1 (no [`TargetRecord`]); still read.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MetadataV1 {
-    pub info: ModelInfo,
+    pub info: ModelInfoV2,
+    pub tensors: Vec<TensorEntry>,
+    pub graph: Vec<u8>,
+}
+
+/// The metadata section of format version 2 (no `stream` in the info); still read.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MetadataV2 {
+    pub info: ModelInfoV2,
+    pub target: TargetRecord,
     pub tensors: Vec<TensorEntry>,
     pub graph: Vec<u8>,
 }
 
 impl Metadata {
-    /// Decodes a metadata section written by format `version` (1 or 2).
+    /// Decodes a metadata section written by format `version` (1, 2 or 3).
     pub fn decode(bytes: &[u8], version: u32) -> Result<Metadata, postcard::Error> {
-        if version == 1 {
-            let m: MetadataV1 = postcard::from_bytes(bytes)?;
-            let target = TargetRecord::named(&m.info.target);
-            Ok(Metadata { info: m.info, target, tensors: m.tensors, graph: m.graph })
-        } else {
-            postcard::from_bytes(bytes)
+        match version {
+            1 => {
+                let m: MetadataV1 = postcard::from_bytes(bytes)?;
+                let target = TargetRecord::named(&m.info.target);
+                Ok(Metadata { info: m.info.into(), target, tensors: m.tensors, graph: m.graph })
+            }
+            2 => {
+                let m: MetadataV2 = postcard::from_bytes(bytes)?;
+                Ok(Metadata { info: m.info.into(), target: m.target, tensors: m.tensors, graph: m.graph })
+            }
+            _ => postcard::from_bytes(bytes),
         }
     }
 
-    /// Encodes the section as format `version` (1 or 2) writes it.
+    /// Encodes the section as format `version` (1, 2 or 3) writes it.
     pub fn encode(&self, version: u32) -> Result<Vec<u8>, postcard::Error> {
-        if version == 1 {
-            let m = MetadataV1 { info: self.info.clone(), tensors: self.tensors.clone(), graph: self.graph.clone() };
-            postcard::to_allocvec(&m)
-        } else {
-            postcard::to_allocvec(self)
+        let (info, tensors, graph) = ((&self.info).into(), self.tensors.clone(), self.graph.clone());
+        match version {
+            1 => postcard::to_allocvec(&MetadataV1 { info, tensors, graph }),
+            2 => postcard::to_allocvec(&MetadataV2 { info, target: self.target.clone(), tensors, graph }),
+            _ => postcard::to_allocvec(self),
         }
     }
 }
