@@ -336,8 +336,8 @@ fn non_causal_model_is_refused_for_streaming_and_runs_windowed() {
 }
 
 /// Peaked Q, K, V for examples/models/long_attention.onnx (`[1, 2, 128, 64]` queries
-/// over `[1, 2, 2048, 64]` keys): Gaussian-like keys, each query a scaled noisy copy of
-/// one key, so its attention concentrates on a few keys, the regime k-NN attention
+/// over `[1, 2, 2048, 64]` keys): unit-norm keys, each query 12 sqrt(d) times one key
+/// plus noise, so its attention concentrates on that key, the regime k-NN attention
 /// is meant for. Written as .npy files; returns the `--input` arguments.
 fn peaked_long_attention_inputs() -> Vec<String> {
     let (h, l, s, d) = (2, 128, 2048, 64);
@@ -349,13 +349,17 @@ fn peaked_long_attention_inputs() -> Vec<String> {
         (state >> 11) as f32 / (1u64 << 53) as f32 - 0.5
     };
     let mut gauss = move || (0..6).map(|_| uniform()).sum::<f32>() * 1.4;
-    let k: Vec<f32> = (0..h * s * d).map(|_| gauss()).collect();
+    let mut k: Vec<f32> = (0..h * s * d).map(|_| gauss()).collect();
+    for row in k.chunks_mut(d) {
+        let n = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        row.iter_mut().for_each(|x| *x /= n);
+    }
     let v: Vec<f32> = (0..h * s * d).map(|_| gauss()).collect();
     let mut q = Vec::with_capacity(h * l * d);
     for head in 0..h {
         for i in 0..l {
             let j = (i * 977 + head * 131) % s;
-            q.extend(k[(head * s + j) * d..][..d].iter().map(|&x| 1.5 * x + 0.1 * gauss()));
+            q.extend(k[(head * s + j) * d..][..d].iter().map(|&x| 96.0 * x + 0.05 * gauss()));
         }
     }
     let mut args = Vec::new();
@@ -375,7 +379,7 @@ fn convert_attention_knn_lowers_long_attention_and_compares_near_exact() {
     let o = floe(&["convert", &model, "-o", exact.to_str().unwrap()]);
     let t = text(&o);
     assert!(o.status.success() && !t.contains("KnnAttention"), "{t}");
-    let o = floe(&["convert", &model, "-o", knn.to_str().unwrap(), "--attention", "knn:k=20,seed=3"]);
+    let o = floe(&["convert", &model, "-o", knn.to_str().unwrap(), "--attention", "knn:k=20,seed=3,construction_scan=on"]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("pass lower_knn_attention: 1"), "{t}");

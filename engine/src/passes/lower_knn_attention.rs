@@ -329,7 +329,7 @@ mod tests {
         // all reasons at once, in one line
         let d = decide(graph(Dim::Fixed(16), 30.0, &[3, 4, 5], 1, true), &low).0;
         let text = d.to_string();
-        assert!(text.starts_with("kept exact: S = 16 keys < min_keys 1024;"), "{text}");
+        assert!(text.starts_with("kept exact: S = 16 keys < min_keys 1024"), "{text}");
         assert!(text.contains("attn_mask") && text.contains("past_key") && text.contains("softcap"), "{text}");
     }
 
