@@ -379,7 +379,8 @@ fn convert_attention_knn_lowers_long_attention_and_compares_near_exact() {
     let o = floe(&["convert", &model, "-o", exact.to_str().unwrap()]);
     let t = text(&o);
     assert!(o.status.success() && !t.contains("KnnAttention"), "{t}");
-    let o = floe(&["convert", &model, "-o", knn.to_str().unwrap(), "--attention", "knn:k=20,seed=3,construction_scan=on"]);
+    let o =
+        floe(&["convert", &model, "-o", knn.to_str().unwrap(), "--attention", "knn:k=20,seed=3,construction_scan=on"]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("pass lower_knn_attention: 1"), "{t}");

@@ -87,9 +87,15 @@ impl fmt::Display for KeyLen {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Reason {
     /// Fewer keys than `min_keys`.
-    ShortKeys { keys: usize, min_keys: usize },
+    ShortKeys {
+        keys: usize,
+        min_keys: usize,
+    },
     /// The key length is not known at conversion time and `min_keys > 0`.
-    UnknownKeys { keys: KeyLen, min_keys: usize },
+    UnknownKeys {
+        keys: KeyLen,
+        min_keys: usize,
+    },
     /// An `attn_mask` input: an additive float bias or a bool mask.
     AttnMask,
     /// `past_key` / `past_value` inputs (a KV cache).

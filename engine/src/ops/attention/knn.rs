@@ -110,7 +110,11 @@ impl std::fmt::Display for KnnConfig {
             f,
             "k={},lc={},m={},levels={},prop_to_retrieve={},seed={}",
             self.k, self.num_comp_indices, self.num_simp_indices, self.levels, self.query_prop_to_retrieve, self.seed
-        )
+        )?;
+        if self.construction_scan {
+            write!(f, ",construction_scan=on")?;
+        }
+        Ok(())
     }
 }
 
@@ -178,7 +182,8 @@ impl KnnShapes {
                 v_dim: v[2] / kvh,
             }
         };
-        let (kb, kh, ks, kd) = if rank == 4 { (k[0], k[1], k[2], k[3]) } else { (k[0], s.kv_heads, k[1], k[2] / s.kv_heads) };
+        let (kb, kh, ks, kd) =
+            if rank == 4 { (k[0], k[1], k[2], k[3]) } else { (k[0], s.kv_heads, k[1], k[2] / s.kv_heads) };
         let (vb, vh, vs) = if rank == 4 { (v[0], v[1], v[2]) } else { (v[0], s.kv_heads, v[1]) };
         if kb != s.batch || vb != s.batch {
             bail!("KnnAttention: Q, K and V have batch sizes {}, {kb} and {vb}; they must be equal", s.batch);
@@ -396,7 +401,7 @@ mod tests {
         visible: impl Fn(usize, usize) -> usize,
     ) -> [Vec<f32>; 3] {
         let mut gauss = || (0..4).map(|_| rng.f32()).sum::<f32>() / 4.0; // ~N(0, 1.33)
-        // unit-norm keys, queries 12 sqrt(d) times a key: scores 12 apart from ~N(0, 12²/d)
+                                                                         // unit-norm keys, queries 12 sqrt(d) times a key: scores 12 apart from ~N(0, 12²/d)
         let mut k: Vec<f32> = (0..b * hkv * s * d).map(|_| gauss()).collect();
         for row in k.chunks_mut(d) {
             let n = row.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -459,7 +464,12 @@ mod tests {
         for threads in [None, Some(&pool)] {
             let mut got = vec![Tensor::zeros(DType::F32, want.shape()).unwrap()];
             parallel::with_pool(threads, || kernel.run(&args, &mut got)).unwrap();
-            assert_eq!(got[0].to_f64_vec(), want.to_f64_vec(), "kernel differs from eval (pool: {})", threads.is_some());
+            assert_eq!(
+                got[0].to_f64_vec(),
+                want.to_f64_vec(),
+                "kernel differs from eval (pool: {})",
+                threads.is_some()
+            );
         }
         want
     }
@@ -475,11 +485,10 @@ mod tests {
         );
         let lens = vec![s as i64, 900];
         let nonpad = Tensor::from_vec(&[b], lens.clone()).unwrap();
-        let got = run_planned(
-            &knn_op(false, None, 7),
-            &[Some(qt.clone()), Some(kt.clone()), Some(vt.clone()), Some(nonpad)],
-        );
-        let (qh, kh, vh) = (Heads::from_4d(&qt, "Q").unwrap(), Heads::from_4d(&kt, "K").unwrap(), Heads::from_4d(&vt, "V").unwrap());
+        let got =
+            run_planned(&knn_op(false, None, 7), &[Some(qt.clone()), Some(kt.clone()), Some(vt.clone()), Some(nonpad)]);
+        let (qh, kh, vh) =
+            (Heads::from_4d(&qt, "Q").unwrap(), Heads::from_4d(&kt, "K").unwrap(), Heads::from_4d(&vt, "V").unwrap());
         let (want, _) =
             attention(&qh, &kh, &vh, &Bias::none().with_nonpad(lens), 1.0 / (d as f64).sqrt(), 0.0, None).unwrap();
         let cos = min_row_cosine(&got.to_f64_vec(), &want.data, dv);
@@ -501,7 +510,8 @@ mod tests {
             Tensor::from_vec(&[1, l, h * c], out).unwrap()
         };
         let (qt, kt, vt) = (to3(&q, hq, d), to3(&k, hkv, d), to3(&v, hkv, dv));
-        let got = run_planned(&knn_op(true, Some((hq, hkv)), 3), &[Some(qt.clone()), Some(kt.clone()), Some(vt.clone())]);
+        let got =
+            run_planned(&knn_op(true, Some((hq, hkv)), 3), &[Some(qt.clone()), Some(kt.clone()), Some(vt.clone())]);
         let (qh, kh, vh) = (
             Heads::from_3d(&qt, hq, "Q").unwrap(),
             Heads::from_3d(&kt, hkv, "K").unwrap(),
