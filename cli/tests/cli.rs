@@ -361,3 +361,92 @@ fn stream_from_a_wav_computes_log_mel_frames_and_checks_the_feature_count() {
     let t = text(&o);
     assert!(!o.status.success() && t.contains("takes 20 values per step") && t.contains("40 mel bands"), "{t}");
 }
+
+/// Peaked Q, K, V for examples/models/long_attention.onnx (`[1, 2, 128, 64]` queries
+/// over `[1, 2, 2048, 64]` keys): unit-norm keys, each query 12 sqrt(d) times one key
+/// plus noise, so its attention concentrates on that key, the regime k-NN attention
+/// is meant for. Written as .npy files; returns the `--input` arguments.
+fn peaked_long_attention_inputs() -> Vec<String> {
+    let (h, l, s, d) = (2, 128, 2048, 64);
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+    };
+    let mut gauss = move || (0..6).map(|_| uniform()).sum::<f32>() * 1.4;
+    let mut k: Vec<f32> = (0..h * s * d).map(|_| gauss()).collect();
+    for row in k.chunks_mut(d) {
+        let n = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        row.iter_mut().for_each(|x| *x /= n);
+    }
+    let v: Vec<f32> = (0..h * s * d).map(|_| gauss()).collect();
+    let mut q = Vec::with_capacity(h * l * d);
+    for head in 0..h {
+        for i in 0..l {
+            let j = (i * 977 + head * 131) % s;
+            q.extend(k[(head * s + j) * d..][..d].iter().map(|&x| 96.0 * x + 0.05 * gauss()));
+        }
+    }
+    let mut args = Vec::new();
+    for (name, data, seq) in [("q", q, l), ("k", k, s), ("v", v, s)] {
+        let p = tmp(&format!("long_attention_{name}.npy"));
+        let t = floe_engine::Tensor::from_vec(&[1, h, seq, d], data).unwrap();
+        floe_engine::npy::write(&p, &t).unwrap();
+        args.push(format!("{name}={}", p.display()));
+    }
+    args
+}
+
+#[test]
+fn convert_attention_knn_lowers_long_attention_and_compares_near_exact() {
+    let model = repo("examples/models/long_attention.onnx");
+    let (exact, knn) = (tmp("long_exact.floe"), tmp("long_knn.floe"));
+    let o = floe(&["convert", &model, "-o", exact.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(o.status.success() && !t.contains("KnnAttention"), "{t}");
+    let o =
+        floe(&["convert", &model, "-o", knn.to_str().unwrap(), "--attention", "knn:k=20,seed=3,construction_scan=on"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("pass lower_knn_attention: 1"), "{t}");
+    assert!(t.contains(": lowered to KnnAttention (S = 2048)"), "{t}");
+    assert!(t.contains("knn parameters: k=20,") && t.contains("seed=3"), "{t}");
+    let o = floe(&["inspect", knn.to_str().unwrap()]);
+    assert!(o.status.success() && text(&o).contains("KnnAttention"), "{}", text(&o));
+    let mut args = vec!["compare".to_string(), exact.display().to_string(), knn.display().to_string()];
+    for a in peaked_long_attention_inputs() {
+        args.extend(["--input".to_string(), a]);
+    }
+    args.extend(["--runs", "2", "--threads", "2"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = floe(&args);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let row = t.lines().find(|l| l.starts_with("y ")).unwrap_or_else(|| panic!("{t}"));
+    let cos: f64 = row.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(cos >= 0.99, "k-NN vs exact cosine {cos}: {t}");
+}
+
+#[test]
+fn convert_attention_knn_keeps_short_symbolic_attention_and_says_why() {
+    let out = tmp("te-knn.floe");
+    let model = repo("examples/models/transformer_encoder.onnx");
+    let o = floe(&["convert", &model, "-o", out.to_str().unwrap(), "--attention", "knn"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let lines: Vec<&str> = t.lines().filter(|l| l.starts_with("attention ")).collect();
+    assert!(!lines.is_empty(), "{t}");
+    for l in &lines {
+        assert!(l.contains("kept exact:") && l.contains("(symbolic)") && l.contains("min_keys 1024"), "{t}");
+    }
+    assert!(!t.contains("lower_knn_attention"), "{t}");
+    // bad parameters and a bad mode are named
+    let o = floe(&["convert", &model, "-o", out.to_str().unwrap(), "--attention", "knn:k=0"]);
+    assert!(!o.status.success() && text(&o).contains("`k`"), "{}", text(&o));
+    let o = floe(&["convert", &model, "-o", out.to_str().unwrap(), "--attention", "fast"]);
+    assert!(!o.status.success() && text(&o).contains("fast") && !text(&o).contains("panicked at"));
+    let o = floe(&["convert", "--help"]);
+    assert!(text(&o).contains("--attention") && text(&o).contains("k-NN attention"), "{}", text(&o));
+}

@@ -15,11 +15,14 @@ pub struct ConvertOptions {
     pub target: String,
     /// `--stream`: check the model streams this way and record it.
     pub stream: Option<floe_engine::stream::StreamSpec>,
+    /// `--attention knn[:...]`: lower long attention to k-NN attention after the
+    /// portable passes. `None`: keep exact attention.
+    pub attention: Option<passes::KnnLowering>,
 }
 
 impl Default for ConvertOptions {
     fn default() -> Self {
-        ConvertOptions { quantize: Quantization::None, target: "generic".into(), stream: None }
+        ConvertOptions { quantize: Quantization::None, target: "generic".into(), stream: None, attention: None }
     }
 }
 
@@ -32,6 +35,8 @@ pub struct Conversion {
     pub quantized: Vec<QuantizedTensor>,
     /// With `--stream`: the resolved spec and every node's classification.
     pub stream: Option<(floe_engine::stream::StreamSpec, floe_engine::stream::Analysis)>,
+    /// With `--attention knn`: every Attention node's name and whether it was lowered, and why.
+    pub attention: Vec<(String, passes::lower_knn_attention::Decision)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +79,20 @@ pub fn convert(path: &Path, opts: &ConvertOptions) -> Result<Conversion, Convert
     let model = onnx::load(path)?;
     let mut graph = model.graph;
     let eng = |error| ConvertError::Engine { path: path.display().to_string(), error };
-    let passes = optimize(&mut graph).map_err(eng)?;
+    let mut passes = optimize(&mut graph).map_err(eng)?;
+    let attention = match &opts.attention {
+        Some(_) if opts.stream.is_some() => {
+            return Err(ConvertError::Options(
+                "--attention knn and --stream cannot be combined: KnnAttention has no streaming form".into(),
+            ))
+        }
+        Some(lowering) => passes::lower_knn_attention(&mut graph, lowering),
+        None => Vec::new(),
+    };
+    let lowered = attention.iter().filter(|(_, d)| matches!(d, passes::lower_knn_attention::Decision::Lowered { .. }));
+    if let n @ 1.. = lowered.count() {
+        passes.push(format!("lower_knn_attention: {n}"));
+    }
     let quantized = passes::quantize_weights(&mut graph, opts.quantize).map_err(eng)?;
     let stream = match &opts.stream {
         Some(spec) => Some(check_stream(&graph, spec).map_err(eng)?),
@@ -89,7 +107,7 @@ pub fn convert(path: &Path, opts: &ConvertOptions) -> Result<Conversion, Convert
         opset: model.opset,
         stream: stream.as_ref().map(|(s, _)| s.to_string()),
     };
-    Ok(Conversion { graph, info, passes, quantized, stream })
+    Ok(Conversion { graph, info, passes, quantized, stream, attention })
 }
 
 /// Classifies every node for `spec`; a stateful spec fails, naming each blocking

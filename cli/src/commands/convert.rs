@@ -8,6 +8,8 @@ use clap::{Args, ValueEnum};
 use floe_convert::pipeline::{convert, ConvertOptions};
 use floe_engine::exec::Bindings;
 use floe_engine::format::{self, Model, Quantization, TargetRecord};
+use floe_engine::ops::attention::KnnConfig;
+use floe_engine::passes::lower_knn_attention::{Decision, KnnLowering};
 use floe_engine::{Dim, Graph, Plan, Session, Tensor};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +55,29 @@ pub struct ConvertArgs {
     /// recorded in the file as `floe stream`'s default.
     #[arg(long, value_name = "T|windowed:N[@T]")]
     stream: Option<floe_engine::stream::StreamSpec>,
+    /// Attention kernel: `exact` keeps softmax attention; `knn` lowers each fused
+    /// Attention over at least min_keys keys (default 1024; known at conversion) to
+    /// IceFormer k-NN attention, which attends only to each query's k best-matching
+    /// keys (approximate, faster on long sequences). Only causal and key-padding
+    /// masks qualify: attention with a float/bool attn_mask, softcap, a KV cache or a
+    /// read qk output stays exact, and each node's decision is printed. Parameters
+    /// after a colon, e.g. `knn:k=32,min_keys=512,seed=7` (also lc, m, levels,
+    /// prop_to_retrieve, field_of_view, ...; see docs/attention.md).
+    #[arg(long, value_name = "exact|knn[:k=20,...]", default_value = "exact", value_parser = parse_attention)]
+    attention: AttentionArg,
+}
+
+/// `--attention`: `None` for exact.
+#[derive(Clone, Debug)]
+struct AttentionArg(Option<KnnLowering>);
+
+fn parse_attention(s: &str) -> Result<AttentionArg, String> {
+    match s.trim().split_once(':') {
+        None if s.trim() == "exact" => Ok(AttentionArg(None)),
+        None if s.trim() == "knn" => Ok(AttentionArg(Some(KnnLowering::default()))),
+        Some(("knn", list)) => KnnLowering::parse(list).map(|l| AttentionArg(Some(l))),
+        _ => Err(format!("expected `exact`, `knn` or `knn:key=value,...`, got `{s}`")),
+    }
 }
 
 fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
@@ -93,11 +118,28 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.set_message(format!("converting {}", a.model.display()));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let conv = convert(&a.model, &ConvertOptions { quantize, target: a.target.clone(), stream: a.stream.clone() });
+    let opts = ConvertOptions {
+        quantize,
+        target: a.target.clone(),
+        stream: a.stream.clone(),
+        attention: a.attention.0.clone(),
+    };
+    let conv = convert(&a.model, &opts);
     spinner.finish_and_clear();
     let conv = conv?;
     for p in &conv.passes {
         println!("pass {p}");
+    }
+    if let Some(lowering) = &a.attention.0 {
+        if conv.attention.is_empty() {
+            println!("attention: no Attention node to lower");
+        }
+        for (name, decision) in &conv.attention {
+            println!("attention {name}: {decision}");
+        }
+        if conv.attention.iter().any(|(_, d)| matches!(d, Decision::Lowered { .. })) {
+            println!("knn parameters: {}", KnnConfig::from(&lowering.params));
+        }
     }
     if let Some((spec, analysis)) = &conv.stream {
         super::stream::print_analysis(spec, analysis, &conv.graph);

@@ -556,8 +556,12 @@ fn classify_attention(
     rank: usize,
 ) -> NodeClass {
     use crate::ops::attention::AttentionOp;
-    let AttentionOp::Attention { is_causal, .. } = a else {
-        return blocking("rotary embedding without explicit positions uses absolute time");
+    let is_causal = match a {
+        AttentionOp::Attention { is_causal, .. } => is_causal,
+        AttentionOp::KnnAttention { .. } => {
+            return blocking("k-NN attention has no streaming form (convert without --attention knn)")
+        }
+        _ => return blocking("rotary embedding without explicit positions uses absolute time"),
     };
     if !is_causal {
         return blocking("non-causal attention over all of time (every output frame sees future frames)");

@@ -28,14 +28,14 @@ const PARALLEL_MIN_WORK: usize = 1 << 20;
 /// Layout of one `[B, H, S, D]` or `[B, S, H * D]` operand: element (b, h, s, c) at
 /// `b * batch + h * head + s * row + c`.
 #[derive(Clone, Copy, Debug)]
-struct Layout {
+pub(super) struct Layout {
     batch: usize,
     head: usize,
     row: usize,
 }
 
 impl Layout {
-    fn new(rank: usize, heads: usize, seq: usize, dim: usize) -> Layout {
+    pub(super) fn new(rank: usize, heads: usize, seq: usize, dim: usize) -> Layout {
         if rank == 4 {
             Layout { batch: heads * seq * dim, head: seq * dim, row: dim }
         } else {
@@ -43,7 +43,7 @@ impl Layout {
         }
     }
 
-    fn rows<'a>(&self, data: &'a [f32], b: usize, h: usize, seq: usize, dim: usize) -> Rows<'a> {
+    pub(super) fn rows<'a>(&self, data: &'a [f32], b: usize, h: usize, seq: usize, dim: usize) -> Rows<'a> {
         Rows { data: &data[b * self.batch + h * self.head..], rows: seq, cols: dim, stride: self.row }
     }
 }

@@ -20,6 +20,9 @@
 //! it comes out as NaN.
 
 mod kernel;
+mod knn;
+
+pub use knn::{knn_attention, KnnConfig, KnnShapes};
 
 use super::{input, opt_input, EvalCtx, InferInput, Kernel, OpImpl};
 use crate::dtype::{DType, Element};
@@ -66,6 +69,19 @@ pub enum AttentionOp {
         num_heads: Option<usize>,
         /// `None`: rotate the whole head.
         rotary_dim: Option<usize>,
+    },
+    /// IceFormer k-NN attention (`knn.rs`), the approximate replacement of an
+    /// `Attention` that the `lower_knn_attention` pass puts in when asked. Inputs: Q,
+    /// K, V, nonpad_kv_seqlen?. Output: Y. Masks: `is_causal` and key padding only.
+    /// (Last variant: `.floe` files store the variant index.)
+    KnnAttention {
+        is_causal: bool,
+        /// As for `Attention`: required for 3-D inputs.
+        q_num_heads: Option<usize>,
+        kv_num_heads: Option<usize>,
+        /// `None`: `1 / sqrt(head_size)`.
+        scale: Option<f32>,
+        knn: KnnConfig,
     },
 }
 
@@ -588,6 +604,7 @@ impl OpImpl for AttentionOp {
         match self {
             AttentionOp::Attention { .. } => "Attention",
             AttentionOp::RotaryEmbedding { .. } => "RotaryEmbedding",
+            AttentionOp::KnnAttention { .. } => "KnnAttention",
         }
     }
 
@@ -595,6 +612,16 @@ impl OpImpl for AttentionOp {
         let fact = |i: usize| inputs.get(i).map(|x| x.fact.clone()).unwrap_or_else(Fact::unknown);
         match self {
             AttentionOp::RotaryEmbedding { .. } => Ok(vec![fact(0)]),
+            // Y has the shape `Attention` gives it without past inputs.
+            AttentionOp::KnnAttention { q_num_heads, kv_num_heads, .. } => AttentionOp::Attention {
+                is_causal: false,
+                q_num_heads: *q_num_heads,
+                kv_num_heads: *kv_num_heads,
+                scale: None,
+                softcap: 0.0,
+                qk_output: QkOutput::Raw,
+            }
+            .infer(&inputs[..inputs.len().min(3)], 1),
             AttentionOp::Attention { q_num_heads, kv_num_heads, .. } => {
                 let (q, k, v) = (fact(0), fact(1), fact(2));
                 let dims = |f: &Fact, r: usize| f.shape.as_ref().filter(|s| s.rank() == r).map(|s| s.0.clone());
@@ -632,6 +659,9 @@ impl OpImpl for AttentionOp {
     }
 
     fn kernel(&self, inputs: &[InferInput<'_>], outputs: &[Fact]) -> Result<Option<Box<dyn Kernel>>> {
+        if let AttentionOp::KnnAttention { .. } = self {
+            return Ok(knn::KnnKernel::plan(self, inputs, outputs)?.map(|k| Box::new(k) as Box<dyn Kernel>));
+        }
         Ok(kernel::AttentionKernel::plan(self, inputs, outputs)?.map(|k| Box::new(k) as Box<dyn Kernel>))
     }
 
@@ -642,6 +672,7 @@ impl OpImpl for AttentionOp {
             AttentionOp::RotaryEmbedding { interleaved, num_heads, rotary_dim } => {
                 Ok(vec![self.eval_rotary(inputs, interleaved, num_heads, rotary_dim)?])
             }
+            AttentionOp::KnnAttention { .. } => knn::eval_knn(self, ctx.n_outputs, inputs),
         }
     }
 }

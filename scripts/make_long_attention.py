@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Writes examples/models/long_attention.onnx: one softmax attention over 2048 keys
+(head size 64, 2 heads), in the form the TorchScript exporter gives
+F.scaled_dot_product_attention (Transpose K, Mul by sqrt(scale) on both sides, the
+default-scale subgraph Div(1, Sqrt(Cast(Slice(Shape(Q), -1)))), Softmax, MatMul V).
+floe fuses it into one 4-D Attention node that `floe convert --attention knn` lowers
+to KnnAttention (S = 2048 >= min_keys 1024).
+
+Q, K and V are graph inputs, so the file has no weights (a few KB). The CLI test
+(cli/tests/cli.rs, knn_convert_*) feeds it a peaked workload, each query a noisy copy
+of one key, where k-NN attention is near exact.
+
+    .venv/bin/python scripts/make_long_attention.py     # needs numpy and onnx only
+"""
+import os
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "models")
+F = TensorProto.FLOAT
+B, H, L, S, D = 1, 2, 128, 2048, 64
+
+
+def main():
+    nodes, inits = [], []
+
+    def const(name, arr):
+        inits.append(numpy_helper.from_array(np.asarray(arr), name))
+        return name
+
+    def op(op_type, inputs, out, **attrs):
+        nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+    # scale = 1 / sqrt(q.size(-1)), as symbolic_opset14.py builds it
+    e = op("Slice", [op("Shape", ["q"], "q_shape"), const("m1", np.array([-1], np.int64)),
+                     const("max", np.array([2**63 - 1], np.int64))], "head_size")
+    scale = op("Div", [const("one", np.array([1.0], np.float32)), op("Sqrt", [op("Cast", [e], "head_size_f", to=F)], "sqrt_d")], "scale")
+    root = op("Sqrt", [scale], "sqrt_scale")
+    kt = op("Transpose", ["k"], "kt", perm=[0, 1, 3, 2])
+    qk = op("MatMul", [op("Mul", ["q", root], "q_scaled"), op("Mul", [kt, root], "kt_scaled")], "scores")
+    op("MatMul", [op("Softmax", [qk], "probs", axis=-1), "v"], "y")
+    g = helper.make_graph(
+        nodes, "long_attention",
+        [helper.make_tensor_value_info("q", F, [B, H, L, D]), helper.make_tensor_value_info("k", F, [B, H, S, D]),
+         helper.make_tensor_value_info("v", F, [B, H, S, D])],
+        [helper.make_tensor_value_info("y", F, [B, H, L, D])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)], producer_name="floe-make-long-attention")
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    path = os.path.join(OUT, "long_attention.onnx")
+    onnx.save(model, path)
+    print(f"{path}: {len(nodes)} nodes, {os.path.getsize(path)} bytes")
+
+
+if __name__ == "__main__":
+    main()
