@@ -11,11 +11,16 @@ outputs computed by onnxruntime on the whole sequence:
   with F.scaled_dot_product_attention(is_causal=True) exported as TorchScript does
   (symbolic T; the causal mask built from Shape/Expand/Trilu/Where) and a GELU FFN.
 - running_sum: CumSum over time (a running sum carried between chunks).
+- causal_conv_block: ONNX CausalConvWithState (opset 27) between projections; its
+  reference is onnx.reference (onnxruntime 1.22 has no opset 27).
 """
+import os
+
 import numpy as np
+import onnx
 from onnx import helper
 
-from make_models import F, Builder, gelu, layer_norm, save, sdpa
+from make_models import OUT, F, Builder, gelu, layer_norm, save, sdpa
 
 
 def conv1d_lookahead(b, x, c_in, c_out):
@@ -81,7 +86,37 @@ def running_sum():
     save("running_sum", g, 14, {"x": x})
 
 
+def causal_conv_block():
+    """A Mamba / Gated-DeltaNet style front: projection, ONNX CausalConvWithState
+    (opset 27, depthwise k=4, SiLU, past_state omitted), projection. onnxruntime 1.22
+    has no opset 27, so the reference is onnx.reference (ONNX's own implementation)."""
+    from onnx.reference import ReferenceEvaluator
+
+    b = Builder(37)
+    feat, ch, k = 8, 16, 4
+    h = b.op("Transpose", [b.op("MatMul", ["x", b.weight("in_w", [feat, ch])])], perm=[0, 2, 1])   # [1, ch, T]
+    c, _state = b.op("CausalConvWithState", [h, b.weight("conv_w", [ch, 1, k], 0.5), b.weight("conv_b", [ch], 0.1)], n_out=2,
+                     activation="silu")
+    y = b.op("Transpose", [c], perm=[0, 2, 1])
+    b.nodes.append(helper.make_node("MatMul", [y, b.weight("out_w", [ch, feat])], ["y"], name="out_proj"))
+    g = helper.make_graph(b.nodes, "causal_conv_block", [helper.make_tensor_value_info("x", F, [1, "T", feat])],
+                          [helper.make_tensor_value_info("y", F, [1, "T", feat])], b.inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 27)], producer_name="floe-make-models")
+    model.ir_version = 10
+    onnx.checker.check_model(model, full_check=True)
+    x = np.random.default_rng(38).standard_normal((1, 40, feat)).astype(np.float32)
+    (y,) = ReferenceEvaluator(model).run(None, {"x": x})
+    path = os.path.join(OUT, "causal_conv_block.onnx")
+    onnx.save(model, path)
+    ref_dir = os.path.join(OUT, "causal_conv_block")
+    os.makedirs(ref_dir, exist_ok=True)
+    np.save(os.path.join(ref_dir, "input_0_x.npy"), x)
+    np.save(os.path.join(ref_dir, "output_0_y.npy"), y.astype(np.float32))
+    print(f"{path}: {len(g.node)} nodes, outputs {[y.shape]}")
+
+
 if __name__ == "__main__":
     gru_kws()
     causal_transformer()
     running_sum()
+    causal_conv_block()

@@ -239,3 +239,9 @@ fn linear_transformer_fuses_each_layer_into_one_linear_attention_op() {
     }
     check_graph("linear_transformer", &g);
 }
+
+/// Expected outputs from onnx.reference (onnxruntime 1.22 has no CausalConvWithState-27).
+#[test]
+fn causal_conv_block_matches_the_onnx_reference() {
+    check_model("causal_conv_block");
+}

@@ -177,6 +177,11 @@ fn linear_transformers_stream_like_the_whole_sequence() {
 }
 
 #[test]
+fn causal_conv_with_state_streams_like_the_whole_sequence() {
+    check_all_chunkings("causal_conv_block", 0);
+}
+
+#[test]
 fn running_sum_streams_like_the_whole_sequence() {
     check_all_chunkings("running_sum", 0);
 }
