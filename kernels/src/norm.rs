@@ -22,6 +22,35 @@ pub fn mean_var(x: &[f32]) -> (f32, f32) {
     crate::vecmath::selected().mean_var(x)
 }
 
+/// Mean and population variance of `x` accumulated in f64 (two passes, eight
+/// independent partial sums so the adds pipeline and vectorise): exact to f64
+/// rounding, for callers whose outputs cancel against a bias and need the
+/// statistics correctly rounded to f32. `(0, 0)` when `x` is empty.
+pub fn mean_var_f64(x: &[f32]) -> (f64, f64) {
+    if x.is_empty() {
+        return (0.0, 0.0);
+    }
+    let n = x.len() as f64;
+    let mean = lanes_sum(x, |v| v as f64) / n;
+    let var = lanes_sum(x, |v| (v as f64 - mean) * (v as f64 - mean)) / n;
+    (mean, var)
+}
+
+/// `sum f(x_i)` in f64 over eight independent partial sums.
+#[inline]
+fn lanes_sum(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0f64; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
 /// `out = (x - mean) / sqrt(var + eps) * gamma + beta` over one row (LayerNormalization
 /// with the normalised axes flattened into the row).
 ///
@@ -138,5 +167,24 @@ pub(crate) fn rms_norm<S: Simd>(s: S, x: &[f32], gamma: &[f32], eps: f32, out: &
     if full < n {
         let v = s.mul(s.mul(load_padded(s, &x[full..], 0.0), inv), load_padded(s, &gamma[full..], 0.0));
         store_partial(s, v, &mut out[full..]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f64_statistics_match_a_serial_f64_reference() {
+        for n in [1usize, 7, 8, 9, 64, 1000] {
+            // a large common offset and a small spread, the case f32 sums get wrong
+            let x: Vec<f32> = (0..n).map(|i| 1000.0 + ((i * 37 % 11) as f32 - 5.0) * 1e-3).collect();
+            let mean: f64 = x.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+            let var: f64 = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+            let (m, v) = mean_var_f64(&x);
+            assert!((m - mean).abs() <= 1e-12 * mean.abs(), "n {n}: mean {m} vs {mean}");
+            assert!((v - var).abs() <= 1e-9 * var.max(1e-30), "n {n}: var {v} vs {var}");
+        }
+        assert_eq!(mean_var_f64(&[]), (0.0, 0.0));
     }
 }

@@ -132,7 +132,7 @@ fn normalize_rows(x: &[f64], n: usize, eps: f64, center: bool) -> (Vec<f64>, Vec
 /// `beta` None, RMSNormalization; returns the row's mean and `1 / sqrt(var + eps)`
 /// (RMS: 0 and `1 / sqrt(mean(x^2) + eps)`, computed only if `stats`).
 ///
-/// LayerNormalization keeps f64 statistics rather than
+/// LayerNormalization keeps f64 statistics ([`floe_kernels::norm::mean_var_f64`]) rather than
 /// `floe_kernels::norm::layer_norm_row`: the ONNX reference tests put outputs
 /// near zero after cancelling against the bias, where the row kernel's f32
 /// statistics (about an ulp off) exceed the tolerance
@@ -147,8 +147,8 @@ fn norm_row_f32(
 ) -> (f32, f32) {
     match beta {
         Some(beta) => {
-            let (mean, inv) = row_stats(row.iter().map(|&v| v as f64), row.len(), eps as f64, true);
-            let (mean, inv) = (mean as f32, inv as f32);
+            let (mean, var) = floe_kernels::norm::mean_var_f64(row);
+            let (mean, inv) = (mean as f32, (1.0 / (var + eps as f64).sqrt()) as f32);
             for (((o, &v), &g), &b) in out.iter_mut().zip(row).zip(gamma).zip(beta) {
                 *o = (v - mean) * inv * g + b;
             }

@@ -16,6 +16,9 @@ pub(crate) const KC: usize = 256;
 const MC: usize = 144;
 /// Columns of B packed at once.
 const NC: usize = 2048;
+/// A is read in place (not packed) when a block of C is at most this many
+/// `NR`-wide panels wide (and the micro-kernel can read row-major A).
+const DIRECT_MAX_PANELS: usize = 8;
 
 thread_local! {
     /// Packing buffers of this thread: (A panels, B panels, one output tile).
@@ -269,6 +272,14 @@ pub(crate) fn gemm(
         c.finish_all(epi);
         return;
     }
+    // A row-major A whose panels meet only a few B panels is read in place:
+    // packing it would cost about as much as the product.
+    let direct = match (a, kernel.run_rows) {
+        (ASource::Mat(am), Some(f)) if am.col_stride == 1 && n.min(NC).div_ceil(nr) <= DIRECT_MAX_PANELS => {
+            Some((am, f))
+        }
+        _ => None,
+    };
     SCRATCH.with_borrow_mut(|(pa, pb, tile)| {
         tile.resize(mr * nr, 0.0);
         let mcb = (MC / mr * mr).max(mr);
@@ -286,7 +297,13 @@ pub(crate) fn gemm(
                 };
                 for i0 in (0..m).step_by(mcb) {
                     let mc = mcb.min(m - i0);
+                    // Full panels of a row-major A read in place; only a ragged last one is packed.
+                    let full = if direct.is_some() { mc / mr * mr } else { 0 };
                     let a_panels: &[f32] = match a {
+                        ASource::Mat(am) if direct.is_some() => {
+                            pack_a(am, i0 + full, mc - full, p0, kc, mr, pa);
+                            pa
+                        }
                         ASource::Mat(am) => {
                             pack_a(am, i0, mc, p0, kc, mr, pa);
                             pa
@@ -297,9 +314,23 @@ pub(crate) fn gemm(
                         let bp = &panels[jp * kc * nr..(jp + 1) * kc * nr];
                         let w = nr.min(nc - jr);
                         for (ip, ir) in (0..mc).step_by(mr).enumerate() {
-                            let ap = &a_panels[ip * kc * mr..(ip + 1) * kc * mr];
-                            (kernel.run)(kc, ap, bp, tile);
-                            for i in 0..mr.min(mc - ir) {
+                            match direct {
+                                Some((am, rows_kernel)) if ir < full => {
+                                    let lda = am.row_stride;
+                                    rows_kernel(kc, &am.data[(i0 + ir) * lda + p0..], lda, bp, tile);
+                                }
+                                _ => {
+                                    let ip = ip - full / mr;
+                                    (kernel.run)(kc, &a_panels[ip * kc * mr..(ip + 1) * kc * mr], bp, tile);
+                                }
+                            }
+                            let h = mr.min(mc - ir);
+                            if overwrite && !epi.is_none() {
+                                let (row, col) = (i0 + ir, j0 + jr);
+                                epi.finish_tile(row, col, alpha, &mut tile[..h * nr], nr, w, c);
+                                continue;
+                            }
+                            for i in 0..h {
                                 let (row, ld) = (i0 + ir + i, c.ld);
                                 let crow = &mut c.row_mut(row)[j0 + jr..j0 + jr + w];
                                 let t = &mut tile[i * nr..i * nr + w];

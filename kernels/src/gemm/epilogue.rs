@@ -32,6 +32,21 @@ impl Activation {
     }
 }
 
+impl Activation {
+    /// Applies the activation to `x` in place.
+    pub fn apply_in_place(self, x: &mut [f32]) {
+        use crate::vecmath::{selected, Func};
+        match self {
+            Activation::None => {}
+            Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Activation::Sigmoid => selected().map_in_place(Func::Sigmoid, x),
+            Activation::Tanh => selected().map_in_place(Func::Tanh, x),
+            Activation::Gelu => selected().map_in_place(Func::Gelu, x),
+            Activation::Silu => selected().map_in_place(Func::Silu, x),
+        }
+    }
+}
+
 /// A bias broadcast over the output.
 #[derive(Clone, Copy, Debug, Default)]
 pub enum Bias<'a> {
@@ -82,6 +97,48 @@ impl<'a> Epilogue<'a> {
             },
             activation: self.activation,
             residual: self.residual.map(|r| &r[i0 * n + j0..]),
+        }
+    }
+
+    /// Finishes one micro-tile at once (the activation runs over the whole tile, so
+    /// its vector loop has work to overlap): `tile` holds `rows` rows of stride
+    /// `nr`, each `alpha * a @ b` for output row `i0 + r`, columns `j0..j0 + w`;
+    /// results go to `c` (an output overwritten, `beta = 0`). Indices are
+    /// relative to the block this epilogue was [offset](Self::offset) to.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn finish_tile(
+        &self,
+        i0: usize,
+        j0: usize,
+        alpha: f32,
+        tile: &mut [f32],
+        nr: usize,
+        w: usize,
+        c: &mut super::CBlock<'_>,
+    ) {
+        let rows = tile.len() / nr;
+        for (r, t) in tile.chunks_exact_mut(nr).enumerate() {
+            let t = &mut t[..w];
+            if alpha != 1.0 {
+                t.iter_mut().for_each(|v| *v *= alpha);
+            }
+            match self.bias {
+                Bias::Cols(b) => t.iter_mut().zip(&b[j0..j0 + w]).for_each(|(v, &b)| *v += b),
+                Bias::Rows(b) => {
+                    let b = b[i0 + r];
+                    t.iter_mut().for_each(|v| *v += b);
+                }
+                Bias::None => {}
+            }
+        }
+        self.activation.apply_in_place(&mut tile[..(rows - 1) * nr + w]);
+        let ld = c.ld;
+        for (r, t) in tile.chunks_exact(nr).enumerate() {
+            let crow = &mut c.row_mut(i0 + r)[j0..j0 + w];
+            crow.copy_from_slice(&t[..w]);
+            if let Some(res) = self.residual {
+                crow.iter_mut().zip(&res[(i0 + r) * ld + j0..][..w]).for_each(|(o, &x)| *o += x);
+            }
         }
     }
 

@@ -30,6 +30,10 @@ use std::sync::OnceLock;
 /// `out.len() >= mr * nr`; implementations check this).
 pub type MicroKernelFn = fn(kc: usize, a: &[f32], b: &[f32], out: &mut [f32]);
 
+/// [`MicroKernelFn`] reading A unpacked, row-major: element (i, p) at `a[i * lda + p]`
+/// (`kc > 0`, `a.len() >= (mr - 1) * lda + kc`; implementations check this).
+pub type RowsKernelFn = fn(kc: usize, a: &[f32], lda: usize, b: &[f32], out: &mut [f32]);
+
 /// A micro-kernel and its register tile.
 #[derive(Clone, Copy, Debug)]
 pub struct MicroKernel {
@@ -37,6 +41,9 @@ pub struct MicroKernel {
     pub mr: usize,
     pub nr: usize,
     pub run: MicroKernelFn,
+    /// The same tile with A read in place (no packing), where the ISA has it: the
+    /// driver uses it when each A panel would be reused by only a few B panels.
+    pub run_rows: Option<RowsKernelFn>,
 }
 
 /// Every micro-kernel this CPU can run, best first (the generic one always last).

@@ -84,4 +84,4 @@ unsafe fn tile(kc: usize, a: *const f32, b: *const f32, out: *mut f32) {
     }
 }
 
-pub const NEON_V7: MicroKernel = MicroKernel { name: "neon-armv7-6x8", mr: MR, nr: NR, run: kernel };
+pub const NEON_V7: MicroKernel = MicroKernel { name: "neon-armv7-6x8", mr: MR, nr: NR, run: kernel, run_rows: None };
