@@ -65,6 +65,9 @@ pub fn optimize(g: &mut Graph) -> Result<Vec<String>, floe_engine::Error> {
     note("fuse_gelu", passes::fuse_gelu(g));
     note("fuse_attention", passes::fuse_attention(g));
     note("fuse_linear_attention", passes::fuse_linear_attention(g));
+    // Fusions above leave their replaced nodes behind; drop them first so that a
+    // product they read counts as having one consumer.
+    note("remove_dead_nodes", passes::remove_dead_nodes(g));
     note("fuse_linear", passes::fuse_linear(g));
     note("fuse_activation", passes::fuse_activation(g));
     note("spike_accumulate", passes::spike_accumulate(g));

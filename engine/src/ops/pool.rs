@@ -218,6 +218,10 @@ enum Geometry {
     /// 1-D and 2-D (1-D as a plane of one row): output `(r, c)` pools rows
     /// `rows[r]` (at stride `dil.0` rows) times columns `cols[c]` (at stride `dil.1`).
     Separable { width: usize, dil: (usize, usize), rows: Vec<AxisTaps>, cols: Vec<AxisTaps> },
+    /// 1-D MaxPool whose every window lies inside the input, without dilation:
+    /// output `o` is the max of `kernel` inputs from `o * stride` (the common
+    /// downsampling pool, run as `kernel` vector passes).
+    Strided1d { stride: usize, kernel: usize },
     /// Any rank: the taps of output `o` are `taps[starts[o]..starts[o + 1]]`
     /// (plane offsets), `padded[o]` as in [`AxisTaps`].
     Table { taps: Vec<usize>, starts: Vec<usize>, padded: Vec<usize> },
@@ -251,7 +255,11 @@ impl PoolKernel {
         if cost > MAX_KERNEL_TAPS {
             return None;
         }
+        let inside = g.pad_begin[0] == 0 && (g.out[0].max(1) - 1) * g.stride[0] + g.kernel[0] <= sp[0];
         let geometry = match sp.len() {
+            1 if average.is_none() && g.dil[0] == 1 && g.kernel[0] > 0 && inside => {
+                Geometry::Strided1d { stride: g.stride[0], kernel: g.kernel[0] }
+            }
             1 => {
                 let one = Window {
                     kernel: vec![1, g.kernel[0]],
@@ -315,6 +323,7 @@ impl Kernel for PoolKernel {
         }
         for (src, dst) in x.chunks_exact(self.in_plane).zip(y.chunks_exact_mut(self.out_plane)) {
             match &self.geometry {
+                Geometry::Strided1d { stride, kernel } => max_strided(src, *stride, *kernel, dst),
                 Geometry::Separable { width, dil: (dh, dw), rows, cols } => {
                     let (width, dh, dw) = (*width, *dh, *dw);
                     for (r, out_row) in rows.iter().zip(dst.chunks_exact_mut(cols.len())) {
@@ -360,6 +369,26 @@ impl Kernel for PoolKernel {
             }
         }
         Ok(())
+    }
+}
+
+/// `out[o] = max(src[o * stride .. o * stride + kernel])` (the first maximum, as
+/// [`PoolKernel::reduce`]: a NaN tap is kept only when it comes first), one pass
+/// per tap so each pass is a plain strided loop.
+fn max_strided(src: &[f32], stride: usize, kernel: usize, out: &mut [f32]) {
+    let n = out.len();
+    if n == 0 {
+        return;
+    }
+    let span = (n - 1) * stride + 1;
+    for (o, y) in out.iter_mut().zip(src[..span].iter().step_by(stride)) {
+        *o = *y;
+    }
+    for t in 1..kernel {
+        let taps = &src[t..t + span];
+        for (o, &v) in out.iter_mut().zip(taps.iter().step_by(stride)) {
+            *o = if v > *o { v } else { *o };
+        }
     }
 }
 

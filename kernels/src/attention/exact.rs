@@ -119,6 +119,50 @@ fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     &mut v[..n]
 }
 
+/// Products whose queries see at most this many keys run a query at a time
+/// ([`super::rows`]): packing tiles would cost more than it saves.
+pub const ROWS_MAX_KEYS: usize = 128;
+
+/// Exact attention of one head. `out` row `i` starts at `i * out_stride`. Queries
+/// that see few keys (at most [`ROWS_MAX_KEYS`]) run a query at a time against
+/// transposed keys, the rest through [`attention_head_tiled`]. Runs on the calling
+/// thread; allocation-free after a thread's first call of this size.
+///
+/// # Panics
+/// If an operand is shorter than its shape claims or shapes disagree.
+pub fn attention_head(
+    q: Rows<'_>,
+    k: Rows<'_>,
+    v: Rows<'_>,
+    bias: Option<Rows<'_>>,
+    p: &HeadParams,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let (l, s, d, _) = dims(&q, &k, &v, bias.as_ref(), out.len(), out_stride);
+    if l == 0 {
+        return;
+    }
+    let reach = p.visibility.visible(l - 1).min(s);
+    if reach > ROWS_MAX_KEYS {
+        return attention_head_tiled(q, k, v, bias, p, out, out_stride);
+    }
+    let isa = vecmath::selected();
+    let stride = reach.div_ceil(isa.lanes()).max(1) * isa.lanes();
+    ROWS_SCRATCH.with_borrow_mut(|(kt, scores)| {
+        let (kt, scores) = (grow(kt, d * stride), grow(scores, super::rows::scores_len(l, stride)));
+        super::rows::transpose_keys(&k.slice_rows(0..reach), stride, kt);
+        let vis = Visibility { valid_keys: p.visibility.valid_keys.min(reach), ..p.visibility };
+        let p = HeadParams { visibility: vis, ..*p };
+        isa.attend_rows(q, kt, stride, v.slice_rows(0..reach), bias, &p, scores, out, out_stride);
+    })
+}
+
+thread_local! {
+    /// Transposed keys and one row of scores for [`attention_head`]'s row path.
+    static ROWS_SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
 /// Exact attention of one head, tiled (see the module doc). `out` row `i` starts at
 /// `i * out_stride`. Runs on the calling thread; callers parallelise over heads and
 /// query blocks (pass `q.slice_rows(..)` and a visibility shifted by the block's
@@ -133,7 +177,7 @@ fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 ///
 /// # Panics
 /// If an operand is shorter than its shape claims or shapes disagree.
-pub fn attention_head(
+pub fn attention_head_tiled(
     q: Rows<'_>,
     k: Rows<'_>,
     v: Rows<'_>,
@@ -313,6 +357,8 @@ mod tests {
         }
     }
 
+    type HeadFn = fn(Rows<'_>, Rows<'_>, Rows<'_>, Option<Rows<'_>>, &HeadParams, &mut [f32], usize);
+
     fn max_err(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).map(|(x, y)| if x.is_nan() && y.is_nan() { 0.0 } else { (x - y).abs() }).fold(0.0, f32::max)
     }
@@ -321,9 +367,16 @@ mod tests {
     fn tiled_matches_the_f64_reference_on_ragged_shapes_masks_and_strides() {
         let mut rng = Lcg(7);
         // (L, S, d, dv): below, at and across the tile sizes
-        for &(l, s, d, dv) in
-            &[(1usize, 1usize, 4usize, 4usize), (3, 5, 8, 3), (65, 300, 16, 8), (130, 513, 32, 40), (64, 256, 64, 64)]
-        {
+        for &(l, s, d, dv) in &[
+            (1usize, 1usize, 4usize, 4usize),
+            (3, 5, 8, 3),
+            (24, 24, 16, 16),
+            (9, 128, 16, 20),
+            (40, 97, 24, 33),
+            (65, 300, 16, 8),
+            (130, 513, 32, 40),
+            (64, 256, 64, 64),
+        ] {
             for causal in [None, Some(0), Some(s.saturating_sub(l))] {
                 for (valid, softcap, with_bias) in [(s, 0.0, false), (s - s / 3, 0.0, true), (s, 2.5, true)] {
                     // strided operands: q and out interleave two heads
@@ -336,12 +389,18 @@ mod tests {
                     let vis = Visibility { valid_keys: valid, causal_past: causal };
                     let p = HeadParams { scale: 0.3, softcap, visibility: vis };
                     let (mut got, mut want) = (vec![7.0; l * 2 * dv], vec![7.0; l * 2 * dv]);
-                    attention_head(qr, kr, vr, br, &p, &mut got, 2 * dv);
                     attention_head_naive(qr, kr, vr, br, &p, &mut want, 2 * dv);
-                    let e = max_err(&got, &want);
-                    assert!(e < 2e-5, "L {l} S {s} d {d} dv {dv} causal {causal:?} valid {valid}: error {e}");
-                    // the other head's slots are untouched
-                    assert!(got.chunks(dv).skip(1).step_by(2).all(|c| c.iter().all(|&x| x == 7.0)));
+                    for (path, f) in [("dispatch", attention_head as HeadFn), ("tiled", attention_head_tiled)] {
+                        got.fill(7.0);
+                        f(qr, kr, vr, br, &p, &mut got, 2 * dv);
+                        let e = max_err(&got, &want);
+                        assert!(
+                            e < 2e-5,
+                            "{path}: L {l} S {s} d {d} dv {dv} causal {causal:?} valid {valid}: error {e}"
+                        );
+                        // the other head's slots are untouched
+                        assert!(got.chunks(dv).skip(1).step_by(2).all(|c| c.iter().all(|&x| x == 7.0)));
+                    }
                 }
             }
         }

@@ -10,6 +10,7 @@
 
 pub mod exact;
 pub mod knn;
+pub(crate) mod rows;
 
 /// `rows` rows of `cols` values; row `i` starts at `data[i * stride]`.
 /// A stride of 0 repeats row 0 (a broadcast bias row).

@@ -101,9 +101,10 @@ pub fn sgemm_packed(alpha: f32, a: MatRef<'_>, b: &PackedB, beta: f32, c: &mut [
     sgemm_ex(b.kernel(), alpha, a, BSource::Packed(b, 0), beta, c, epi)
 }
 
-/// `c = epilogue(alpha * a @ b + beta * c)` with A packed ahead of time (for `kernel`),
-/// on the calling thread: for a left operand reused by many products inside a task
-/// that is already one of many (attention tiles).
+/// `c = epilogue(alpha * a @ b + beta * c)` with A packed ahead of time (for `kernel`):
+/// a left operand reused by many products (attention's key blocks, convolution
+/// weights). Large products split their columns across the pool's threads; inside
+/// [`parallel::serial`] everything runs on the calling thread.
 ///
 /// # Panics
 /// If shapes disagree or a slice is shorter than its shape claims.
@@ -132,10 +133,32 @@ pub fn sgemm_a_packed(
     if m == 0 || n == 0 {
         return;
     }
-    // SAFETY: `c` holds at least m * n floats (asserted above) and is mutably
-    // borrowed for the whole call, so this block is its only writer.
-    let mut cb = unsafe { CBlock::new(c.as_mut_ptr(), m, n, n) };
-    driver::gemm(kernel, alpha, ASource::Packed(a), b, beta, &mut cb, epi);
+    let threads = if m * n * k >= PARALLEL_MIN_WORK { parallel::threads() } else { 1 };
+    let parts = threads.min(n.div_ceil(kernel.nr)).max(1);
+    let base = SyncPtr(c.as_mut_ptr());
+    let block = |i: usize| {
+        let cols = parallel::split_range(n, parts, kernel.nr, i);
+        if cols.is_empty() {
+            return;
+        }
+        let b_sub = match b {
+            BSource::Mat(bm) => {
+                BSource::Mat(MatRef { data: &bm.data[cols.start * bm.col_stride..], cols: cols.len(), ..bm })
+            }
+            BSource::Packed(pb, _) => BSource::Packed(pb, cols.start / kernel.nr),
+        };
+        // SAFETY: `c` holds at least m * n floats (asserted above) and the column
+        // blocks of one call are disjoint (`split_range`), so each block is the only
+        // writer of its elements while `c` is mutably borrowed.
+        let mut cb = unsafe { CBlock::new(base.get().add(cols.start), m, cols.len(), n) };
+        let e = epi.offset(0, cols.start, n);
+        driver::gemm(kernel, alpha, ASource::Packed(a), b_sub, beta, &mut cb, &e);
+    };
+    if parts == 1 {
+        block(0);
+    } else {
+        parallel::for_each_index(parts, &block);
+    }
 }
 
 /// The general entry point: `c = epilogue(alpha * a @ b + beta * c)`, `c` row-major

@@ -3,10 +3,15 @@
 //! instruction set. Only these wrappers carry target features; everything they call
 //! is `#[inline(always)]`, so the whole algorithm compiles inside them.
 
+// `attend` forwards a whole attention head's operands.
+#![allow(clippy::too_many_arguments)]
+
 use super::driver::{map, map_in_place};
 use super::funcs::{Erf, Exp, Gelu, GeluTanh, Sigmoid, Silu, Tanh};
 use super::simd::Simd;
 use super::{Func, Isa};
+use crate::attention::exact::HeadParams;
+use crate::attention::Rows;
 
 /// `out = f(x)` with the function picked by `f` (a predictable branch per call).
 #[inline(always)]
@@ -75,6 +80,9 @@ macro_rules! isa_table {
             entry!($tok $(, $features)?,
                 layer_norm(x: &[f32], g: &[f32], b: Option<&[f32]>, eps: f32, out: &mut [f32]) = crate::norm::layer_norm);
             entry!($tok $(, $features)?, rms_norm(x: &[f32], g: &[f32], eps: f32, out: &mut [f32]) = crate::norm::rms_norm);
+            entry!($tok $(, $features)?,
+                attend(q: Rows<'_>, kt: &[f32], kt_stride: usize, v: Rows<'_>, bias: Option<Rows<'_>>, p: &HeadParams,
+                    scores: &mut [f32], out: &mut [f32], out_stride: usize) = crate::attention::rows::attend);
 
             pub const TABLE: Isa = Isa {
                 name: $label,
@@ -87,6 +95,7 @@ macro_rules! isa_table {
                 mean_var,
                 layer_norm,
                 rms_norm,
+                attend,
             };
         }
     };

@@ -25,6 +25,8 @@ pub mod simd;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 
+use crate::attention::exact::HeadParams;
+use crate::attention::Rows;
 use std::sync::OnceLock;
 
 /// The element-wise functions of this module, for code that picks one at run time.
@@ -61,6 +63,9 @@ impl Func {
     }
 }
 
+/// `attend_rows(q, kt, kt_stride, v, bias, params, scores, out, out_stride)`.
+type AttendFn = fn(Rows<'_>, &[f32], usize, Rows<'_>, Option<Rows<'_>>, &HeadParams, &mut [f32], &mut [f32], usize);
+
 /// `layer_norm_row(x, gamma, beta, eps, out)`.
 type LayerNormFn = fn(&[f32], &[f32], Option<&[f32]>, f32, &mut [f32]);
 
@@ -80,6 +85,7 @@ pub struct Isa {
     mean_var: fn(&[f32]) -> (f32, f32),
     layer_norm: LayerNormFn,
     rms_norm: fn(&[f32], &[f32], f32, &mut [f32]),
+    attend: AttendFn,
 }
 
 impl std::fmt::Debug for Isa {
@@ -132,6 +138,25 @@ impl Isa {
     /// [`crate::norm::mean_var`] on this instruction set.
     pub fn mean_var(&self, x: &[f32]) -> (f32, f32) {
         (self.mean_var)(x)
+    }
+
+    /// One head's exact attention a query at a time against keys held transposed
+    /// (`crate::attention::rows`; `attention::exact::attention_head` picks it for
+    /// small products).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn attend_rows(
+        &self,
+        q: Rows<'_>,
+        kt: &[f32],
+        kt_stride: usize,
+        v: Rows<'_>,
+        bias: Option<Rows<'_>>,
+        p: &HeadParams,
+        scores: &mut [f32],
+        out: &mut [f32],
+        out_stride: usize,
+    ) {
+        (self.attend)(q, kt, kt_stride, v, bias, p, scores, out, out_stride)
     }
 
     /// [`crate::norm::layer_norm_row`] on this instruction set.

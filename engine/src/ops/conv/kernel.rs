@@ -1,5 +1,5 @@
 //! The prepared f32 convolution: geometry, the im2col map (compressed into
-//! contiguous runs) and the weights are fixed at plan time. A 1x1 stride-1 conv
+//! contiguous runs) and the weights, packed for the GEMM, are fixed at plan time. A 1x1 stride-1 conv
 //! multiplies the input directly; other convs copy the input rows their windows
 //! read into a per-thread column buffer (runs of `copy_from_slice`, one gather
 //! per element only when strides break the runs) and run one GEMM per group with
@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::ops::fused::FusedActivation;
 use crate::ops::{fixed_shape, InferInput, Kernel};
 use crate::tensor::Tensor;
-use floe_kernels::gemm::{self, Activation, BSource, Bias, Epilogue, MatRef};
+use floe_kernels::gemm::{self, Activation, BSource, Bias, Epilogue, MatRef, MicroKernel, PackedA};
 use std::cell::RefCell;
 
 thread_local! {
@@ -49,6 +49,10 @@ struct ConvKernel {
     sp: usize,
     cols: Cols,
     weights: Vec<f32>,
+    /// Per group, the `[M/group, C/group * kernel]` weights packed for `gemm` once
+    /// (empty for depthwise convs, which read `weights`).
+    packed: Vec<PackedA>,
+    gemm: MicroKernel,
     bias: Vec<f32>,
     activation: Activation,
     depthwise: bool,
@@ -122,6 +126,20 @@ pub(super) fn prepare(
         }
     };
     let depthwise = group == c && m == c && !matches!(cols, Cols::Direct);
+    let weights = w.as_slice::<f32>()?.to_vec();
+    let gemm = gemm::selected();
+    let (mg, kg) = (m / group, (c / group) * nk);
+    let packed = if depthwise {
+        Vec::new()
+    } else {
+        (0..group)
+            .map(|gi| {
+                let mut p = PackedA::default();
+                p.repack(gemm, MatRef::new(&weights[gi * mg * kg..(gi + 1) * mg * kg], mg, kg));
+                p
+            })
+            .collect()
+    };
     Ok(Some(Box::new(ConvKernel {
         batch,
         c,
@@ -131,7 +149,9 @@ pub(super) fn prepare(
         no,
         sp,
         cols,
-        weights: w.as_slice::<f32>()?.to_vec(),
+        weights,
+        packed,
+        gemm,
         bias,
         activation: act.kernel(),
         depthwise,
@@ -231,14 +251,13 @@ impl Kernel for ConvKernel {
                         }
                         MatRef::new(&scratch[..cg * nk * no], cg * nk, no)
                     };
-                    let wg = MatRef::new(&self.weights[gi * mg * cg * nk..(gi + 1) * mg * cg * nk], mg, cg * nk);
                     let epi = Epilogue {
                         bias: Bias::Rows(&self.bias[gi * mg..(gi + 1) * mg]),
                         activation: self.activation,
                         residual: None,
                     };
                     let dst = &mut ob[gi * mg * no..(gi + 1) * mg * no];
-                    gemm::sgemm_ex(gemm::selected(), 1.0, wg, BSource::Mat(cols), 0.0, dst, &epi);
+                    gemm::sgemm_a_packed(self.gemm, 1.0, &self.packed[gi], BSource::Mat(cols), 0.0, dst, &epi);
                 }
             }
         });

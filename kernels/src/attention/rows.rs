@@ -1,0 +1,156 @@
+//! Exact attention of one head a query at a time, for products too small for the
+//! tiled kernel's packing to pay off (a few dozen keys, as in a short encoder window
+//! or a streaming step): the keys are held transposed (`d x S`, padded to whole
+//! vectors), so a query's scores are `d` vector FMAs per `LANES` keys with no
+//! horizontal sums; then the softmax over the visible keys and a weighted sum of
+//! the value rows, both in full vectors.
+//!
+//! The result is the one [`super::exact::attention_head`] defines (same visibility,
+//! softcap, bias and NaN rules); only the order of the additions differs.
+
+use super::exact::HeadParams;
+use super::Rows;
+use crate::vecmath::driver::{load_padded, store_partial};
+use crate::vecmath::funcs::{exp, tanh};
+use crate::vecmath::simd::Simd;
+
+/// Lane indices, for masking the lanes of a vector past the last key.
+const IOTA: [f32; 16] = [0., 1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12., 13., 14., 15.];
+
+/// Keys `k` (`S x d`) transposed into `kt` (`d` rows of `stride >= S` values, zero
+/// past `S`).
+pub(crate) fn transpose_keys(k: &Rows<'_>, stride: usize, kt: &mut [f32]) {
+    let (s, d) = (k.rows, k.cols);
+    assert!(stride >= s && kt.len() >= d * stride, "key buffer too small");
+    for (c, row) in kt.chunks_exact_mut(stride).take(d).enumerate() {
+        for (j, slot) in row[..s].iter_mut().enumerate() {
+            *slot = k.data[j * k.stride + c];
+        }
+        row[s..].fill(0.0);
+    }
+}
+
+/// Queries computed together: their independent FMA and `exp` chains interleave,
+/// and each key and value vector loaded serves all of them.
+const QB: usize = 4;
+
+/// Floats of `scores` scratch [`attend`] needs for `l` queries and key stride `stride`.
+pub(crate) fn scores_len(l: usize, stride: usize) -> usize {
+    let rows = l.div_ceil(QB) * QB;
+    rows * stride + rows
+}
+
+/// Attention of every query of `q` against the transposed keys `kt` (`d` rows of
+/// `kt_stride`, a multiple of `S::LANES`), values `v`, optional additive `bias`;
+/// `scores` holds at least [`scores_len`] floats. Output row `i` at `i * out_stride`.
+///
+/// Two phases: every query's softmax weights first, then the weighted sums, so the
+/// weights are read back long after they were stored (a scalar load right behind a
+/// vector store of the same bytes stalls store-to-load forwarding).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn attend<S: Simd>(
+    s: S,
+    q: Rows<'_>,
+    kt: &[f32],
+    kt_stride: usize,
+    v: Rows<'_>,
+    bias: Option<Rows<'_>>,
+    p: &HeadParams,
+    scores: &mut [f32],
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let (l, dv) = (q.rows, v.cols);
+    let lanes = S::LANES;
+    assert!(lanes <= IOTA.len() && kt_stride % lanes == 0, "bad key stride");
+    assert!(kt.len() >= q.cols * kt_stride && scores.len() >= scores_len(l, kt_stride), "buffers too small");
+    let (weights, inv_total) = scores.split_at_mut(l.div_ceil(QB) * QB * kt_stride);
+    let scale = s.splat(p.scale);
+    let (cap, inv_cap) = (s.splat(p.softcap), s.splat(1.0 / p.softcap));
+    let neg_inf = s.splat(f32::NEG_INFINITY);
+    let iota = s.load(&IOTA[..lanes]);
+    // A short last block repeats its last query; the copies are not stored.
+    let block = |i0: usize| -> [usize; QB] { std::array::from_fn(|r| (i0 + r).min(l - 1)) };
+    let seen = |i: usize| p.visibility.visible(i).min(v.rows);
+    for i0 in (0..l).step_by(QB) {
+        let rows = block(i0);
+        let n_max = rows.iter().map(|&i| seen(i)).max().unwrap_or(0);
+        let padded = n_max.div_ceil(lanes) * lanes;
+        let qs = rows.map(|i| q.row(i));
+        let w = &mut weights[i0 * kt_stride..(i0 + QB) * kt_stride];
+        // Scores in whole vectors; lanes past a query's last key become -inf.
+        let mut vmax = [neg_inf; QB];
+        for j0 in (0..padded).step_by(lanes) {
+            let mut acc = [s.splat(0.0); QB];
+            for c in 0..q.cols {
+                let kv = s.load(&kt[c * kt_stride + j0..]);
+                for r in 0..QB {
+                    acc[r] = s.mul_add(s.splat(qs[r][c]), kv, acc[r]);
+                }
+            }
+            for r in 0..QB {
+                let mut x = s.mul(acc[r], scale);
+                if p.softcap > 0.0 {
+                    x = s.mul(cap, tanh(s, s.mul(x, inv_cap)));
+                }
+                if let Some(b) = &bias {
+                    let row = &b.data[rows[r] * b.stride..];
+                    let bv = if row.len() >= j0 + lanes {
+                        s.load(&row[j0..])
+                    } else {
+                        load_padded(s, &row[j0..n_max.min(row.len())], 0.0)
+                    };
+                    x = s.add(x, bv);
+                }
+                let n = seen(rows[r]);
+                if j0 + lanes > n {
+                    x = s.select(s.lt(iota, s.splat(n as f32 - j0 as f32)), x, neg_inf);
+                }
+                vmax[r] = s.max(vmax[r], x);
+                s.store(x, &mut w[r * kt_stride + j0..]);
+            }
+        }
+        let m = vmax.map(|v| s.splat(s.reduce_max(v)));
+        let mut total = [s.splat(0.0); QB];
+        for j0 in (0..padded).step_by(lanes) {
+            for r in 0..QB {
+                let at = r * kt_stride + j0;
+                let e = exp(s, s.sub(s.load(&w[at..]), m[r]));
+                total[r] = s.add(total[r], e);
+                s.store(e, &mut w[at..]);
+            }
+        }
+        for r in 0..QB {
+            // No visible key: 0 / 0, the NaN the reference gives.
+            inv_total[i0 + r] = if seen(rows[r]) == 0 { f32::NAN } else { 1.0 / s.reduce_sum(total[r]) };
+        }
+    }
+    for i0 in (0..l).step_by(QB) {
+        let n_max = block(i0).iter().map(|&i| seen(i)).max().unwrap_or(0);
+        let w = &weights[i0 * kt_stride..(i0 + QB) * kt_stride];
+        let inv: [S::F; QB] = std::array::from_fn(|r| s.splat(inv_total[i0 + r]));
+        let mut c0 = 0;
+        while c0 < dv {
+            let full = c0 + lanes <= dv;
+            let mut acc = [s.splat(0.0); QB];
+            for j in 0..n_max {
+                let vrow = &v.data[j * v.stride..];
+                let vv = if full { s.load(&vrow[c0..]) } else { load_padded(s, &vrow[c0..dv], 0.0) };
+                for r in 0..QB {
+                    acc[r] = s.mul_add(s.splat(w[r * kt_stride + j]), vv, acc[r]);
+                }
+            }
+            for r in 0..QB.min(l - i0) {
+                let o = &mut out[(i0 + r) * out_stride..][..dv];
+                let y = s.mul(acc[r], inv[r]);
+                if full {
+                    s.store(y, &mut o[c0..]);
+                } else {
+                    store_partial(s, y, &mut o[c0..]);
+                }
+            }
+            c0 += lanes;
+        }
+    }
+}
