@@ -380,6 +380,23 @@ fn max_strided(src: &[f32], stride: usize, kernel: usize, out: &mut [f32]) {
     if n == 0 {
         return;
     }
+    let first_max = |m: f32, v: f32| if v > m { v } else { m };
+    match (stride, kernel) {
+        // Non-overlapping pairs and triples, the usual downsampling: one pass.
+        (2, 2) => {
+            for (o, w) in out.iter_mut().zip(src.chunks_exact(2)) {
+                *o = first_max(w[0], w[1]);
+            }
+            return;
+        }
+        (3, 3) => {
+            for (o, w) in out.iter_mut().zip(src.chunks_exact(3)) {
+                *o = first_max(first_max(w[0], w[1]), w[2]);
+            }
+            return;
+        }
+        _ => {}
+    }
     let span = (n - 1) * stride + 1;
     for (o, y) in out.iter_mut().zip(src[..span].iter().step_by(stride)) {
         *o = *y;
@@ -387,7 +404,7 @@ fn max_strided(src: &[f32], stride: usize, kernel: usize, out: &mut [f32]) {
     for t in 1..kernel {
         let taps = &src[t..t + span];
         for (o, &v) in out.iter_mut().zip(taps.iter().step_by(stride)) {
-            *o = if v > *o { v } else { *o };
+            *o = first_max(*o, v);
         }
     }
 }
@@ -672,6 +689,31 @@ mod tests {
             checked += 1;
         }
         assert!(checked > 60, "only {checked} geometries fit");
+    }
+
+    #[test]
+    fn strided_max_pool_matches_eval_including_nan_and_a_dropped_tail() {
+        let mut rng = Rng(0x5eed_0f_1d);
+        for (k, stride, len) in [(2usize, 2usize, 47usize), (3, 3, 20), (2, 1, 9), (3, 2, 12), (4, 4, 16)] {
+            let mut x = rng.tensor(&[2, 3, len]);
+            // a NaN first in one window and later in another: only the first propagates
+            let v = x.as_mut_slice::<f32>().unwrap();
+            v[0] = f32::NAN;
+            v[len + 1] = f32::NAN;
+            let op = PoolOp::Pool {
+                kind: PoolKind::Max,
+                attrs: attrs(vec![k], vec![], vec![stride]),
+                ceil_mode: false,
+                storage_order: 0,
+            };
+            for (got, want) in planned_vs_eval(op.into(), &[x.clone(), x], &[], 1) {
+                let (g, w) = (got.as_slice::<f32>().unwrap(), want.as_slice::<f32>().unwrap());
+                assert!(
+                    g.iter().zip(w).all(|(a, b)| a == b || (a.is_nan() && b.is_nan())),
+                    "k {k} stride {stride}: {g:?} vs {w:?}"
+                );
+            }
+        }
     }
 
     #[test]

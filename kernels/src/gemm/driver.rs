@@ -235,15 +235,42 @@ fn pack_b(b: MatRef<'_>, p0: usize, kc: usize, j0: usize, nc: usize, nr: usize, 
 fn append_packed_b(b: MatRef<'_>, p0: usize, kc: usize, j0: usize, nc: usize, nr: usize, out: &mut Vec<f32>) {
     for jr in (0..nc).step_by(nr) {
         let w = nr.min(nc - jr);
-        for p in 0..kc {
+        // One zeroed panel, then the rows copied in (the padding stays zero).
+        let start = out.len();
+        out.resize(start + kc * nr, 0.0);
+        let panel = &mut out[start..];
+        for (p, dst) in panel.chunks_exact_mut(nr).enumerate() {
             if b.col_stride == 1 {
-                let start = (p0 + p) * b.row_stride + j0 + jr;
-                out.extend_from_slice(&b.data[start..start + w]);
+                let at = (p0 + p) * b.row_stride + j0 + jr;
+                copy_row(&b.data[at..at + w], &mut dst[..w]);
             } else {
-                out.extend((0..w).map(|j| b.at(p0 + p, j0 + jr + j)));
+                dst[..w].iter_mut().enumerate().for_each(|(j, d)| *d = b.at(p0 + p, j0 + jr + j));
             }
-            out.extend(std::iter::repeat_n(0.0, nr - w));
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)`, inlined for the usual panel widths: a `memcpy`
+/// call per short row costs more than the copy.
+#[inline(always)]
+fn copy_row(src: &[f32], dst: &mut [f32]) {
+    fn fixed<const N: usize>(src: &[f32], dst: &mut [f32]) -> bool {
+        match (<&[f32; N]>::try_from(src), <&mut [f32; N]>::try_from(dst)) {
+            (Ok(s), Ok(d)) => {
+                *d = *s;
+                true
+            }
+            _ => false,
+        }
+    }
+    let done = match src.len() {
+        32 => fixed::<32>(src, dst),
+        16 => fixed::<16>(src, dst),
+        8 => fixed::<8>(src, dst),
+        _ => false,
+    };
+    if !done {
+        dst.copy_from_slice(src);
     }
 }
 
