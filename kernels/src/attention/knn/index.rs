@@ -73,8 +73,11 @@ struct Cell {
     /// `(d + 1) x cap`, row-major: row `c < d` holds coordinate `c` of each child,
     /// row `d` the augmentation `a_k`; unused columns are zero.
     soa: Vec<f32>,
-    /// Per simple index, the children as `(projection, local index)` sorted by projection.
+    /// Per simple index, the children as `(projection, local index)` sorted by
+    /// projection; empty for a cell that is only ever scanned (built on demand).
     sorted: Vec<Vec<(f32, u32)>>,
+    /// Level of the children (the parent's level minus one; the root's: the top).
+    child_level: u8,
 }
 
 impl Cell {
@@ -82,11 +85,14 @@ impl Cell {
         self.ids.len()
     }
 
+    /// Appends a child. Its sorted projection lists are kept up to date only when
+    /// they exist (see [`Cell::sort_projections`]).
     fn push(&mut self, id: u32, key: &[f32], aug: f32, proj: &[f32]) {
         let rows = key.len() + 1;
         let local = self.ids.len();
         if local == self.cap {
-            let cap = self.cap + BLOCK;
+            // Doubling (in whole blocks) keeps bulk filling linear.
+            let cap = (2 * self.cap).max(BLOCK);
             let mut soa = vec![0.0; rows * cap];
             for r in 0..rows {
                 soa[r * cap..r * cap + self.cap].copy_from_slice(&self.soa[r * self.cap..(r + 1) * self.cap]);
@@ -98,13 +104,24 @@ impl Cell {
             self.soa[r * self.cap + local] = *x;
         }
         self.ids.push(id);
-        if self.sorted.len() < proj.len() {
-            self.sorted.resize(proj.len(), Vec::new());
-        }
         for (list, &p) in self.sorted.iter_mut().zip(proj) {
             let at = list.partition_point(|e| e.0 < p || (e.0 == p && e.1 < local as u32));
             list.insert(at, (p, local as u32));
         }
+    }
+
+    /// Builds the per-simple-index lists (one sort each) from the children's
+    /// projections `kproj` (`nidx` per key). Only cells that the prioritized search
+    /// may visit need them (see [`KnnIndex::needs_sorted`]).
+    fn sort_projections(&mut self, kproj: &[f32], nidx: usize) {
+        self.sorted = (0..nidx)
+            .map(|i| {
+                let mut list: Vec<(f32, u32)> =
+                    self.ids.iter().enumerate().map(|(l, &id)| (kproj[id as usize * nidx + i], l as u32)).collect();
+                list.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                list
+            })
+            .collect();
     }
 
     /// Removes local child `local` (the last child takes its place).
@@ -242,6 +259,10 @@ pub struct KnnIndex {
     upper_keys: Vec<f32>,
     /// Position of each key in `upper_ids` (`NONE` on level 0).
     upper_pos: Vec<u32>,
+    /// When `upper_by_level` (a bulk build, before any insertion above level 0):
+    /// level `h >= 1` occupies `upper_ids[level_start[h]..level_start[h - 1]]`.
+    level_start: Vec<u32>,
+    upper_by_level: bool,
     num_levels: usize,
     /// Promotion ratio of incremental insertion.
     ratio: usize,
@@ -310,11 +331,13 @@ impl KnnIndex {
             parent_dist: vec![0.0; n],
             cell_of: vec![NONE; n],
             subtree: vec![1; n],
-            cells: vec![Cell::default()],
+            cells: vec![Cell { child_level: (params.levels.max(1) - 1) as u8, ..Default::default() }],
             by_level: Vec::new(),
             upper_ids: Vec::new(),
             upper_keys: Vec::new(),
             upper_pos: vec![NONE; n],
+            level_start: Vec::new(),
+            upper_by_level: false,
             num_levels: params.levels.max(1),
             ratio,
         };
@@ -361,47 +384,138 @@ impl KnnIndex {
         for (i, &l) in lv.iter().enumerate() {
             self.level[i] = l;
             self.by_level[l as usize].push(i as u32);
-            if l > 0 {
-                self.add_upper(i as u32);
+        }
+        // Keys above level 0 in level order (top first, ids ascending within a level),
+        // so each level is one contiguous block of `upper_keys`.
+        self.level_start = vec![0; levels + 1];
+        for h in (1..levels).rev() {
+            self.level_start[h] = self.upper_ids.len() as u32;
+            for i in 0..self.by_level[h].len() {
+                self.add_upper(self.by_level[h][i]);
             }
         }
+        self.level_start[0] = self.upper_ids.len() as u32;
+        self.level_start[levels] = self.level_start[levels - 1];
+        self.upper_by_level = true;
         for i in 0..self.by_level[top].len() {
             let id = self.by_level[top][i];
-            self.attach(id, NONE, 0.0);
+            self.attach_raw(id, NONE, 0.0);
         }
+        self.sort_cells();
         for l in (0..top).rev() {
             let members = self.by_level[l].clone();
-            let mut found = vec![(NONE, 0.0f32); members.len()];
-            let chunk = 64;
-            let parts: Vec<std::sync::Mutex<&mut [(u32, f32)]>> =
-                found.chunks_mut(chunk).map(std::sync::Mutex::new).collect();
-            let this = &*self;
-            // With `construction_scan`, every candidate parent of a chunk of keys is
-            // scored at once: one GEMM against the keys above level 0.
-            let batched = this.params.construction_scan && !this.upper_ids.is_empty();
-            crate::parallel::for_each_index(parts.len(), &|c| {
-                let mut s = Scratch::default();
-                let mut slot = parts[c].lock().unwrap_or_else(|e| e.into_inner());
-                if batched {
-                    let (u, d) = (this.upper_ids.len(), this.d);
-                    let ids = &members[c * chunk..c * chunk + slot.len()];
-                    let mut rows = Vec::with_capacity(ids.len() * d);
-                    ids.iter().for_each(|&id| rows.extend_from_slice(this.key(id)));
-                    let mut sc = vec![0.0f32; ids.len() * u];
-                    let km = MatRef::new(&this.upper_keys, u, d).t();
-                    gemm::sgemm(1.0, MatRef::new(&rows, ids.len(), d), km, 0.0, &mut sc);
-                    for (j, out) in slot.iter_mut().enumerate() {
-                        *out = this.find_parent_with(ids[j], l, &mut s, Some(&sc[j * u..(j + 1) * u]));
-                    }
-                } else {
-                    for (j, out) in slot.iter_mut().enumerate() {
-                        *out = this.find_parent(members[c * chunk + j], l, &mut s);
+            let found = if self.exact_construction(l) {
+                self.nearest_parents(&members, l + 1)
+            } else {
+                self.searched_parents(&members, l)
+            };
+            for (id, (p, dist)) in members.iter().zip(found) {
+                self.attach_raw(*id, p, dist);
+            }
+            self.sort_cells();
+        }
+    }
+
+    /// True when a construction search for a key of `level` visits every key of
+    /// `level + 1`: with the construction scan, a field of view at least as large as
+    /// every level above `level + 1` expands all their cells, so the search is an
+    /// exhaustive one and [`Self::nearest_parents`] computes the same result directly.
+    fn exact_construction(&self, level: usize) -> bool {
+        let fov = self.params.construction_field_of_view.max(1);
+        self.params.construction_scan
+            && self.upper_by_level
+            && (level + 2..self.num_levels).all(|h| fov >= self.by_level[h].len())
+    }
+
+    /// For each key of `members`, its nearest key on `parent_level` (smallest
+    /// transformed distance, ties to the smaller id): one GEMM per chunk of keys
+    /// against that level's block of `upper_keys`, then an argmax per row.
+    fn nearest_parents(&self, members: &[u32], parent_level: usize) -> Vec<(u32, f32)> {
+        let (a, b) = (self.level_start[parent_level] as usize, self.level_start[parent_level - 1] as usize);
+        let (u, d, m2) = (b - a, self.d, self.max_norm_sq);
+        let mut found = vec![(NONE, 0.0f32); members.len()];
+        if u == 0 {
+            return found;
+        }
+        // Chunks of scores stay in L2; chunks run in parallel when a pool is given.
+        const CHUNK: usize = 256;
+        let parts: Vec<std::sync::Mutex<&mut [(u32, f32)]>> =
+            found.chunks_mut(CHUNK).map(std::sync::Mutex::new).collect();
+        let pids = &self.upper_ids[a..b];
+        let paug: Vec<f32> = pids.iter().map(|&p| self.aug[p as usize]).collect();
+        let km = MatRef::new(&self.upper_keys[a * d..b * d], u, d).t();
+        crate::parallel::for_each_index(parts.len(), &|c| {
+            let mut slot = parts[c].lock().unwrap_or_else(|e| e.into_inner());
+            let ids = &members[c * CHUNK..c * CHUNK + slot.len()];
+            let mut rows = Vec::with_capacity(ids.len() * d);
+            ids.iter().for_each(|&id| rows.extend_from_slice(self.key(id)));
+            let mut sc = vec![0.0f32; ids.len() * u];
+            gemm::sgemm(1.0, MatRef::new(&rows, ids.len(), d), km, 0.0, &mut sc);
+            for (j, out) in slot.iter_mut().enumerate() {
+                let ax = self.aug[ids[j] as usize];
+                // Same expression as the construction search's scores (minus the
+                // transformed distance), so the result is bit-identical to it.
+                let mut best = (f32::NEG_INFINITY, NONE);
+                for ((&x, &ap), &p) in sc[j * u..(j + 1) * u].iter().zip(&paug).zip(pids) {
+                    let score = x + ax * ap - m2;
+                    if best.1 == NONE || by_score_desc(&(score, p), &best) == Ordering::Less {
+                        best = (score, p);
                     }
                 }
-            });
-            drop(parts);
-            for (id, (p, dist)) in members.iter().zip(found) {
-                self.attach(*id, p, dist);
+                *out = (best.1, -best.0);
+            }
+        });
+        found
+    }
+
+    /// Parents of `members` (keys of `level`) by the construction search, in
+    /// parallel chunks (IceFormer's construct_new_tree).
+    fn searched_parents(&self, members: &[u32], l: usize) -> Vec<(u32, f32)> {
+        let mut found = vec![(NONE, 0.0f32); members.len()];
+        let chunk = 64;
+        let parts: Vec<std::sync::Mutex<&mut [(u32, f32)]>> =
+            found.chunks_mut(chunk).map(std::sync::Mutex::new).collect();
+        let this = self;
+        // With `construction_scan`, every candidate parent of a chunk of keys is
+        // scored at once: one GEMM against the keys above level 0.
+        let batched = this.params.construction_scan && !this.upper_ids.is_empty();
+        crate::parallel::for_each_index(parts.len(), &|c| {
+            let mut s = Scratch::default();
+            let mut slot = parts[c].lock().unwrap_or_else(|e| e.into_inner());
+            if batched {
+                let (u, d) = (this.upper_ids.len(), this.d);
+                let ids = &members[c * chunk..c * chunk + slot.len()];
+                let mut rows = Vec::with_capacity(ids.len() * d);
+                ids.iter().for_each(|&id| rows.extend_from_slice(this.key(id)));
+                let mut sc = vec![0.0f32; ids.len() * u];
+                let km = MatRef::new(&this.upper_keys, u, d).t();
+                gemm::sgemm(1.0, MatRef::new(&rows, ids.len(), d), km, 0.0, &mut sc);
+                for (j, out) in slot.iter_mut().enumerate() {
+                    *out = this.find_parent_with(ids[j], l, &mut s, Some(&sc[j * u..(j + 1) * u]));
+                }
+            } else {
+                for (j, out) in slot.iter_mut().enumerate() {
+                    *out = this.find_parent(members[c * chunk + j], l, &mut s);
+                }
+            }
+        });
+        found
+    }
+
+    /// True when the prioritized search may visit `cell`: it is bigger than
+    /// [`CLOSEST`] (queries and the construction scan score smaller cells in one
+    /// pass), or it holds keys above level 0 and construction uses the search.
+    fn needs_sorted(&self, cell: usize) -> bool {
+        let c = &self.cells[cell];
+        c.len() > CLOSEST || (!self.params.construction_scan && c.child_level > 0)
+    }
+
+    /// Builds the sorted projection lists of every cell that needs them and lacks them.
+    fn sort_cells(&mut self) {
+        let nidx = self.params.num_indices().max(1);
+        for cell in 0..self.cells.len() {
+            if self.cells[cell].sorted.is_empty() && self.needs_sorted(cell) {
+                self.cells[cell].sort_projections(&self.kproj, nidx);
             }
         }
     }
@@ -453,7 +567,19 @@ impl KnnIndex {
         &self.keys[id as usize * self.d..(id as usize + 1) * self.d]
     }
 
+    /// [`Self::attach_raw`], then the cell's sorted lists if it needs them.
     fn attach(&mut self, id: u32, parent: u32, dist: f32) {
+        self.attach_raw(id, parent, dist);
+        let cell = if parent == NONE { 0 } else { self.cell_of[parent as usize] as usize };
+        if self.cells[cell].sorted.is_empty() && self.needs_sorted(cell) {
+            let nidx = self.params.num_indices().max(1);
+            self.cells[cell].sort_projections(&self.kproj, nidx);
+        }
+    }
+
+    /// Puts key `id` into the cell of `parent` (the root for `NONE`) and updates the
+    /// subtree counts; sorted lists only where they already exist.
+    fn attach_raw(&mut self, id: u32, parent: u32, dist: f32) {
         let cell = if parent == NONE { 0 } else { self.cell_for(parent) };
         self.parent[id as usize] = parent;
         self.parent_dist[id as usize] = dist;
@@ -487,7 +613,8 @@ impl KnnIndex {
     fn cell_for(&mut self, id: u32) -> usize {
         if self.cell_of[id as usize] == NONE {
             self.cell_of[id as usize] = self.cells.len() as u32;
-            self.cells.push(Cell::default());
+            let child_level = self.level[id as usize].saturating_sub(1);
+            self.cells.push(Cell { child_level, ..Default::default() });
         }
         self.cell_of[id as usize] as usize
     }
@@ -1039,6 +1166,8 @@ impl KnnIndex {
         self.upper_pos.push(NONE);
         if level > 0 {
             self.add_upper(id);
+            // Appended out of level order: the per-level blocks are gone.
+            self.upper_by_level = false;
         }
         if level == top {
             self.attach(id, NONE, 0.0);

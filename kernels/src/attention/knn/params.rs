@@ -22,6 +22,9 @@ pub struct KnnParams {
     /// children.
     pub levels: usize,
     /// Construction: parents kept per level while looking for a new key's parent.
+    /// `usize::MAX` (`construction_field_of_view=all`) keeps them all: with
+    /// `construction_scan`, every key is then attached to its exact nearest key one
+    /// level up, computed by one GEMM per block of keys (the fast bulk build).
     pub construction_field_of_view: usize,
     /// Construction: fraction of a cell retrieved before the search may stop
     /// (`num_points_to_retrieve = ceil(prop * cell size)`).
@@ -95,17 +98,22 @@ fn parse_opt(key: &str, value: &str) -> Result<Option<usize>, String> {
 
 impl KnnParams {
     /// Sets one field by name (`k`, `num_comp_indices` or `lc`, `num_simp_indices` or
-    /// `m`, `levels`, `construction_field_of_view`, `construction_prop_to_retrieve`,
+    /// `m`, `levels`, `construction_field_of_view`, `construction_prop_to_retrieve`, `construction_scan`,
     /// `query_field_of_view` or `field_of_view`, `query_prop_to_retrieve` or
     /// `prop_to_retrieve`, `num_to_visit`, `prop_to_visit`, `seed`). Optional counts
-    /// accept `auto`. The error names the key and the offending value.
+    /// accept `auto`; `construction_field_of_view` accepts `all`. The error names the key and the offending value.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
         match key.trim() {
             "k" | "top_k" => self.k = parse_pos(key, value)?,
             "num_comp_indices" | "lc" => self.num_comp_indices = parse_pos(key, value)?,
             "num_simp_indices" | "m" => self.num_simp_indices = parse_pos(key, value)?,
             "levels" | "num_levels" => self.levels = parse_pos(key, value)?,
-            "construction_field_of_view" => self.construction_field_of_view = parse_pos(key, value)?,
+            "construction_field_of_view" => {
+                self.construction_field_of_view = match value.trim() {
+                    "all" => usize::MAX,
+                    v => parse_pos(key, v)?,
+                }
+            }
             "construction_prop_to_retrieve" => self.construction_prop_to_retrieve = parse_prop(key, value)?,
             "construction_scan" => {
                 self.construction_scan = match value.trim() {
