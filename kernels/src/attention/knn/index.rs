@@ -49,7 +49,7 @@
 //!   functions of the key set and the bound.
 
 use super::params::KnnParams;
-use super::simd::{dot, scan_cell, scan_cell4, SplitMix64, BLOCK};
+use super::simd::{dot, scan_cell, scan_cell_rows, SplitMix64, BLOCK, ROWS};
 use super::TopK;
 use crate::attention::Rows;
 use crate::gemm::{self, MatRef};
@@ -58,6 +58,10 @@ use std::cmp::Ordering;
 /// Ids pulled per step from a simple index in IceFormer (`CLOSEST`): cells up to this
 /// size are scored exhaustively (see the module doc).
 pub const CLOSEST: usize = 128;
+
+/// Query rows per block of [`KnnIndex::query_batch`]: their heaps (`k` ids and dots
+/// each), rows and upper-level scores stay in L2 while the block's cells stream by.
+pub const QUERY_BLOCK: usize = 256;
 
 /// Squared-norm headroom when a key above the bound forces a rebuild.
 const REBUILD_HEADROOM: f32 = 1.25;
@@ -107,6 +111,20 @@ impl Cell {
         for (list, &p) in self.sorted.iter_mut().zip(proj) {
             let at = list.partition_point(|e| e.0 < p || (e.0 == p && e.1 < local as u32));
             list.insert(at, (p, local as u32));
+        }
+    }
+
+    /// Trims the column capacity to the children rounded up to [`BLOCK`] (after a bulk
+    /// fill, so scans do not pay for the growth slack).
+    fn trim(&mut self, rows: usize) {
+        let cap = self.len().div_ceil(BLOCK) * BLOCK;
+        if cap < self.cap {
+            let mut soa = vec![0.0; rows * cap];
+            for r in 0..rows {
+                soa[r * cap..(r + 1) * cap].copy_from_slice(&self.soa[r * self.cap..r * self.cap + cap]);
+            }
+            self.soa = soa;
+            self.cap = cap;
         }
     }
 
@@ -160,6 +178,10 @@ pub(super) struct Scratch {
     priority: Vec<f32>,
     counts: Vec<u32>,
     checked: Vec<bool>,
+    /// Histogram bucket of each score, and the selected positions
+    /// ([`KnnIndex::select_block`]).
+    bucket: Vec<u8>,
+    selected: Vec<u32>,
     batch: BatchScratch,
 }
 
@@ -171,6 +193,9 @@ struct BatchScratch {
     saved_dots: Vec<f32>,
     saved_len: Vec<u32>,
     saved_scored: Vec<u32>,
+    /// Each row's heap bar (see [`heap_bar`]), kept apart so rows are skipped
+    /// without reading their heaps.
+    bars: Vec<f32>,
     expand: Vec<u32>,
     expand_at: Vec<u32>,
     /// Rows expanding each cell (counting sort by cell): `pairs[cell_start[c]..cell_start[c + 1]]`.
@@ -217,6 +242,39 @@ fn heap_offer(ids: &mut [u32], dots: &mut [f32], len: &mut u32, id: u32, dot: f3
         }
         dots[i] = dot;
         ids[i] = id;
+    }
+}
+
+/// Offers a cell's scores `sc` (of the keys `ids`, at most [`CLOSEST`]) to one row's
+/// heap and returns the heap's new bar. A branch-free pass keeps the positions
+/// above the bar (most keys of a cell are below it); only those touch the heap.
+#[inline(always)]
+fn offer_cell(heap_ids: &mut [u32], heap_dots: &mut [f32], len: &mut u32, ids: &[u32], sc: &[f32], vis: usize) -> f32 {
+    let n = ids.len().min(sc.len()).min(CLOSEST);
+    let bar = heap_bar(heap_dots, *len);
+    let mut pass = [0u8; CLOSEST];
+    let mut w = 0;
+    for (i, &x) in sc[..n].iter().enumerate() {
+        pass[w] = i as u8;
+        // `!(x <= bar)`: NaN passes, as `heap_offer` would take it into a filling heap.
+        w += !(x <= bar) as usize;
+    }
+    for &i in &pass[..w] {
+        let (id, x) = (ids[i as usize], sc[i as usize]);
+        if (id as usize) < vis {
+            heap_offer(heap_ids, heap_dots, len, id, x);
+        }
+    }
+    heap_bar(heap_dots, *len)
+}
+
+/// The score a key must beat to enter a heap of capacity `dots.len()` holding `len`.
+#[inline(always)]
+fn heap_bar(dots: &[f32], len: u32) -> f32 {
+    if len as usize == dots.len() {
+        dots[0]
+    } else {
+        f32::NEG_INFINITY
     }
 }
 
@@ -510,10 +568,12 @@ impl KnnIndex {
         c.len() > CLOSEST || (!self.params.construction_scan && c.child_level > 0)
     }
 
-    /// Builds the sorted projection lists of every cell that needs them and lacks them.
+    /// Trims every cell's capacity and builds the sorted projection lists of every
+    /// cell that needs them and lacks them (after each level of a bulk build).
     fn sort_cells(&mut self) {
         let nidx = self.params.num_indices().max(1);
         for cell in 0..self.cells.len() {
+            self.cells[cell].trim(self.d + 1);
             if self.cells[cell].sorted.is_empty() && self.needs_sorted(cell) {
                 self.cells[cell].sort_projections(&self.kproj, nidx);
             }
@@ -892,6 +952,14 @@ impl KnnIndex {
     /// the same (upper cells are scored exhaustively, as every cell of at most
     /// [`CLOSEST`] keys is). Dots may differ from [`KnnIndex::query`]'s in the last
     /// bits (another summation order), and so may near-ties.
+    ///
+    /// Rows go in blocks of [`QUERY_BLOCK`] (their heaps, rows and upper scores stay
+    /// in L2), each in three passes: (1) per row, the descent through the upper
+    /// levels on the GEMM scores (a level expanded whole is one contiguous block of
+    /// scores, selected without gathering); (2) cell by cell, [`ROWS`] rows at a time
+    /// scored by [`scan_cell_rows`] into per-row heaps; (3) per row, big cells by the
+    /// prioritized search, then `each`. A row's offers come in the same order
+    /// whatever the block, so results do not depend on the blocking.
     pub fn query_batch(
         &self,
         q: Rows<'_>,
@@ -909,50 +977,88 @@ impl KnnIndex {
             }
             return;
         }
-        let (b, u, d) = (q.rows, self.upper_ids.len(), self.d);
         let mut s = std::mem::take(&mut top.scratch);
         let mut bs = std::mem::take(&mut s.batch);
-        // Upper-level scores for UPPER_BLOCK rows at a time (kept in L2).
-        const UPPER_BLOCK: usize = 256;
-        bs.scores.resize(UPPER_BLOCK.min(b) * u, 0.0);
+        for r0 in (0..q.rows).step_by(QUERY_BLOCK) {
+            let block = q.slice_rows(r0..(r0 + QUERY_BLOCK).min(q.rows));
+            self.query_block(block, vis, k, top, &mut s, &mut bs, &mut |r, t| each(r0 + r, t));
+        }
+        s.batch = bs;
+        top.scratch = s;
+    }
+
+    /// One block of [`KnnIndex::query_batch`] (at most [`QUERY_BLOCK`] rows).
+    #[allow(clippy::too_many_arguments)]
+    fn query_block(
+        &self,
+        q: Rows<'_>,
+        vis: usize,
+        k: usize,
+        top: &mut TopK,
+        s: &mut Scratch,
+        bs: &mut BatchScratch,
+        each: &mut dyn FnMut(usize, &TopK),
+    ) {
+        let (b, u, d) = (q.rows, self.upper_ids.len(), self.d);
+        bs.scores.resize(b * u, 0.0);
+        let qm = MatRef { data: q.data, rows: b, cols: d, row_stride: q.stride, col_stride: 1 };
+        gemm::sgemm(1.0, qm, MatRef::new(&self.upper_keys, u, d).t(), 0.0, &mut bs.scores[..b * u]);
         let fov = self.params.query_fov();
         let mut cand = std::mem::take(&mut s.cand);
         let mut expand = std::mem::take(&mut s.expand);
         bs.saved_ids.clear();
+        bs.saved_ids.resize(b * k, 0);
         bs.saved_dots.clear();
+        bs.saved_dots.resize(b * k, 0.0);
         bs.saved_len.clear();
         bs.saved_scored.clear();
+        bs.bars.clear();
         bs.expand.clear();
         bs.expand_at.clear();
+        let top_level = self.num_levels - 1;
         for r in 0..b {
-            if r % UPPER_BLOCK == 0 {
-                let rows = UPPER_BLOCK.min(b - r);
-                let qm = MatRef { data: &q.data[r * q.stride..], rows, cols: d, row_stride: q.stride, col_stride: 1 };
-                gemm::sgemm(1.0, qm, MatRef::new(&self.upper_keys, u, d).t(), 0.0, &mut bs.scores[..rows * u]);
-            }
             top.reset(k);
-            let row = &bs.scores[(r % UPPER_BLOCK) * u..(r % UPPER_BLOCK + 1) * u];
+            let row = &bs.scores[r * u..(r + 1) * u];
             let oracle = |id: u32| (row[self.upper_pos[id as usize] as usize], id);
-            cand.clear();
-            cand.extend(self.cells[0].ids.iter().map(|&c| oracle(c)));
-            for _level in (1..self.num_levels - 1).rev() {
-                self.offer_selected(top, &mut cand, fov, k, vis, &mut expand);
+            // `whole`: the candidates are every key of `level` (contiguous scores).
+            let mut whole = self.upper_by_level;
+            if !whole {
                 cand.clear();
-                for &p in &expand {
-                    if self.cell_of[p as usize] != NONE {
-                        cand.extend(self.cells[self.cell_of[p as usize] as usize].ids.iter().map(|&c| oracle(c)));
+                cand.extend(self.cells[0].ids.iter().map(|&c| oracle(c)));
+            }
+            for level in (1..=top_level).rev() {
+                let mut done = false;
+                if whole {
+                    let (a, e) = (self.level_start[level] as usize, self.level_start[level - 1] as usize);
+                    done = self.select_block(top, &row[a..e], &self.upper_ids[a..e], fov, k, vis, s, &mut expand);
+                    if !done {
+                        cand.clear();
+                        cand.extend(row[a..e].iter().copied().zip(self.upper_ids[a..e].iter().copied()));
+                    }
+                }
+                if !done {
+                    self.offer_selected(top, &mut cand, fov, k, vis, &mut expand);
+                }
+                if level > 1 {
+                    whole = self.upper_by_level && expand.len() == self.by_level[level].len();
+                    if !whole {
+                        cand.clear();
+                        for &p in &expand {
+                            if self.cell_of[p as usize] != NONE {
+                                let c = &self.cells[self.cell_of[p as usize] as usize];
+                                cand.extend(c.ids.iter().map(|&c| oracle(c)));
+                            }
+                        }
                     }
                 }
             }
-            self.offer_selected(top, &mut cand, fov, k, vis, &mut expand);
             bs.expand_at.push(bs.expand.len() as u32);
             bs.expand.extend_from_slice(&expand);
             bs.saved_len.push(top.ids.len() as u32);
             bs.saved_scored.push(top.scored as u32);
-            bs.saved_ids.extend_from_slice(&top.ids);
-            bs.saved_dots.extend_from_slice(&top.dots);
-            bs.saved_ids.resize((r + 1) * k, 0);
-            bs.saved_dots.resize((r + 1) * k, 0.0);
+            bs.saved_ids[r * k..r * k + top.ids.len()].copy_from_slice(&top.ids);
+            bs.saved_dots[r * k..r * k + top.ids.len()].copy_from_slice(&top.dots);
+            bs.bars.push(heap_bar(&bs.saved_dots[r * k..(r + 1) * k], top.ids.len() as u32));
         }
         bs.expand_at.push(bs.expand.len() as u32);
         // Finest level, cell by cell: every row that expands a cell is scored against
@@ -980,6 +1086,10 @@ impl KnnIndex {
                 if cell != NONE {
                     bs.pairs[bs.fill[cell as usize] as usize] = r as u32;
                     bs.fill[cell as usize] += 1;
+                    let n = self.cells[cell as usize].len();
+                    if n <= CLOSEST {
+                        bs.saved_scored[r] += n as u32;
+                    }
                 }
             }
         }
@@ -989,21 +1099,25 @@ impl KnnIndex {
             if rows.is_empty() || c.len() > CLOSEST {
                 continue;
             }
-            s.scores.resize(4 * c.cap, 0.0);
-            for quad in rows.chunks(4) {
-                // Four rows per pass over the cell (a short last group repeats a row).
-                let pick = |j: usize| q.row(quad[j.min(quad.len() - 1)] as usize);
-                scan_cell4([pick(0), pick(1), pick(2), pick(3)], &c.soa, d, c.cap, &mut s.scores);
-                for (j, &r) in quad.iter().enumerate() {
+            s.scores.resize(ROWS * c.cap, 0.0);
+            let mut maxes = [0.0f32; ROWS];
+            for group in rows.chunks(ROWS) {
+                // ROWS rows per pass over the cell (a short last group repeats a row).
+                let pick = |j: usize| q.row(group[j.min(group.len() - 1)] as usize);
+                scan_cell_rows(std::array::from_fn(pick), &c.soa, d, c.cap, &mut s.scores, &mut maxes);
+                for (j, &r) in group.iter().enumerate() {
                     let r = r as usize;
-                    bs.saved_scored[r] += c.len() as u32;
-                    let (ids, dots) = (&mut bs.saved_ids[r * k..(r + 1) * k], &mut bs.saved_dots[r * k..(r + 1) * k]);
-                    let len = &mut bs.saved_len[r];
-                    let sc_row = &s.scores[j * c.cap..j * c.cap + c.len()];
-                    for (&id, &sc) in c.ids.iter().zip(sc_row) {
-                        if ((*len as usize) < k || sc > dots[0]) && (id as usize) < vis {
-                            heap_offer(ids, dots, len, id, sc);
-                        }
+                    // `!(max <= bar)`: a row whose best score here cannot enter its
+                    // top k is skipped without reading its heap.
+                    if !(maxes[j] <= bs.bars[r]) {
+                        bs.bars[r] = offer_cell(
+                            &mut bs.saved_ids[r * k..(r + 1) * k],
+                            &mut bs.saved_dots[r * k..(r + 1) * k],
+                            &mut bs.saved_len[r],
+                            &c.ids,
+                            &s.scores[j * c.cap..j * c.cap + c.len()],
+                            vis,
+                        );
                     }
                 }
             }
@@ -1029,7 +1143,7 @@ impl KnnIndex {
                         s.qproj_ready = false;
                         big = true;
                     }
-                    self.search_cell(cell as usize, Mode::Query, k, &mut s, &mut cand);
+                    self.search_cell(cell as usize, Mode::Query, k, s, &mut cand);
                 }
             }
             top.offer(&cand, vis);
@@ -1038,8 +1152,98 @@ impl KnnIndex {
         }
         s.cand = cand;
         s.expand = expand;
-        s.batch = bs;
-        top.scratch = s;
+    }
+
+    /// Selects the parents to expand among a whole level, given as contiguous
+    /// `scores`/`ids` (ids ascending), and offers them to `top`: the same set as
+    /// [`Self::offer_selected`] (the best `fov` by score, ties to the smaller id),
+    /// found by a 64-bucket histogram of the scores and an exact selection inside
+    /// the boundary bucket only. Returns false, doing nothing, when it does not
+    /// apply (scores not finite, the selected subtrees hold fewer than `k` keys, or
+    /// keys are hidden) and the caller must take the general path.
+    #[allow(clippy::too_many_arguments)]
+    fn select_block(
+        &self,
+        top: &mut TopK,
+        scores: &[f32],
+        ids: &[u32],
+        fov: usize,
+        k: usize,
+        vis: usize,
+        s: &mut Scratch,
+        expand: &mut Vec<u32>,
+    ) -> bool {
+        const BUCKETS: usize = 64;
+        let n = scores.len();
+        let (lo, hi) = scores.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+        if n == 0 || !lo.is_finite() || !hi.is_finite() || fov < k || vis < self.len() {
+            return false;
+        }
+        // Positions (into `scores`) of the selected parents.
+        let mut pos = std::mem::take(&mut s.selected);
+        pos.clear();
+        let mut hist = [0u32; BUCKETS];
+        if fov >= n {
+            pos.extend(0..n as u32);
+        } else {
+            let w = (BUCKETS as f32 - 0.5) / (hi - lo).max(f32::MIN_POSITIVE);
+            s.bucket.clear();
+            s.bucket.extend(scores.iter().map(|&x| (((x - lo) * w) as usize).min(BUCKETS - 1) as u8));
+            s.bucket.iter().for_each(|&h| hist[h as usize] += 1);
+            // The boundary bucket: everything above it is in, it holds the rest.
+            let (mut above, mut edge) = (0usize, BUCKETS - 1);
+            while above + (hist[edge] as usize) < fov {
+                above += hist[edge] as usize;
+                edge -= 1;
+            }
+            let edge = edge as u8;
+            // Branch-free split: above the boundary bucket -> selected, in it -> `cand`.
+            pos.resize(n, 0);
+            s.cand.resize(n, (0.0, 0));
+            let (mut wp, mut wc) = (0, 0);
+            for (i, (&h, &x)) in s.bucket.iter().zip(scores).enumerate() {
+                pos[wp] = i as u32;
+                wp += (h > edge) as usize;
+                // Ids ascend with the position: ties still go to the smaller id.
+                s.cand[wc] = (x, i as u32);
+                wc += (h == edge) as usize;
+            }
+            pos.truncate(wp);
+            s.cand.truncate(wc);
+            let need = fov - above;
+            if need < s.cand.len() {
+                s.cand.select_nth_unstable_by(need, by_score_desc);
+            }
+            pos.extend(s.cand[..need].iter().map(|c| c.1));
+        }
+        let total: usize = pos.iter().map(|&i| self.subtree[ids[i as usize] as usize] as usize).sum();
+        let ok = total >= k;
+        if ok {
+            // As `offer_selected` with every key visible: only the selected can make the top k.
+            expand.clear();
+            expand.extend(pos.iter().map(|&i| ids[i as usize]));
+            // Only the selected can make the top k (as in `offer_selected`), and of
+            // those only the ones scoring at least the k-th best of them: a bar from
+            // the histogram (or none) skips the rest without touching the heap.
+            let bar = if pos.len() > 2 * k && fov < n {
+                let (mut above, mut edge) = (0usize, BUCKETS - 1);
+                while above + (hist[edge] as usize) < k {
+                    above += hist[edge] as usize;
+                    edge -= 1;
+                }
+                edge as u8
+            } else {
+                0
+            };
+            for &i in &pos {
+                if fov >= n || s.bucket[i as usize] >= bar {
+                    top.offer_one(ids[i as usize], scores[i as usize], usize::MAX);
+                }
+            }
+            top.scored += n;
+        }
+        s.selected = pos;
+        ok
     }
 
     /// Offers `cand` to `top` and selects the parents to expand. When every key is
@@ -1255,6 +1459,138 @@ mod tests {
             assert_eq!(seen, idx.cells.iter().map(Cell::len).sum::<usize>());
             let top_sub: u32 = idx.cells[0].ids.iter().map(|&t| idx.subtree[t as usize]).sum();
             assert_eq!(top_sub as usize, n, "subtree counts add up");
+        }
+    }
+
+    fn random_keys(n: usize, d: usize, seed: u64) -> Vec<f32> {
+        let mut r = SplitMix64::new(seed);
+        (0..n * d).map(|_| r.normal() as f32).collect()
+    }
+
+    /// The `k` best ids by an f64 dot product (ties to the smaller id).
+    fn brute_top(keys: &[f32], d: usize, q: &[f32], k: usize) -> Vec<u32> {
+        let n = keys.len() / d;
+        let mut all: Vec<(f64, u32)> = (0..n)
+            .map(|j| (q.iter().zip(&keys[j * d..]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>(), j as u32))
+            .collect();
+        all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        all[..k.min(n)].iter().map(|x| x.1).collect()
+    }
+
+    #[test]
+    fn exact_construction_attaches_every_key_to_its_nearest_key_one_level_up() {
+        let (n, d) = (2500, 12);
+        let keys = random_keys(n, d, 5);
+        let p = KnnParams { construction_scan: true, construction_field_of_view: usize::MAX, ..Default::default() };
+        let idx = KnnIndex::build(Rows::new(&keys, n, d), &p, None);
+        assert!(idx.exact_construction(0) && idx.upper_by_level);
+        let m2 = idx.max_norm_sq() as f64;
+        for id in 0..n as u32 {
+            let l = idx.level[id as usize] as usize;
+            if l + 1 == idx.levels() {
+                continue;
+            }
+            // Transformed distance in f64, over every key of the level above.
+            let dist = |a: u32, b: u32| {
+                let dot: f64 = idx.key(a).iter().zip(idx.key(b)).map(|(x, y)| *x as f64 * *y as f64).sum();
+                m2 - dot - idx.aug[a as usize] as f64 * idx.aug[b as usize] as f64
+            };
+            let want = idx.by_level[l + 1].iter().map(|&p| dist(id, p)).fold(f64::INFINITY, f64::min);
+            let got = dist(id, idx.parent[id as usize]);
+            assert!(got - want <= 1e-4 * (1.0 + want.abs()), "key {id}: parent at {got}, nearest at {want}");
+        }
+    }
+
+    #[test]
+    fn batched_queries_with_a_full_field_of_view_return_the_brute_force_top_k() {
+        // Every cell expanded: the search is exhaustive, so the result is the exact
+        // top k. 700 rows span several query blocks and a short last one.
+        let (n, d, l, k) = (1500, 16, 700, 7);
+        let keys = random_keys(n, d, 11);
+        let queries = random_keys(l, d, 12);
+        for levels in [2, 3] {
+            let p = KnnParams {
+                k,
+                levels,
+                construction_scan: true,
+                construction_field_of_view: usize::MAX,
+                query_field_of_view: Some(n),
+                ..Default::default()
+            };
+            let idx = KnnIndex::build(Rows::new(&keys, n, d), &p, None);
+            let mut top = TopK::new(k);
+            let mut seen = vec![false; l];
+            idx.query_batch(Rows::new(&queries, l, d), n, k, &mut top, |r, t| {
+                assert!(!seen[r], "row {r} answered twice");
+                seen[r] = true;
+                let want = brute_top(&keys, d, &queries[r * d..(r + 1) * d], k);
+                assert_eq!(t.ids(), &want[..], "levels {levels} row {r}");
+                assert_eq!(t.scored(), n, "every key scored once");
+            });
+            assert!(seen.iter().all(|&x| x));
+        }
+    }
+
+    #[test]
+    fn batched_queries_match_single_queries_and_do_not_depend_on_the_blocking() {
+        let (n, d, l, k) = (3000, 16, QUERY_BLOCK + 37, 10);
+        let keys = random_keys(n, d, 21);
+        let queries = random_keys(l, d, 22);
+        for fov in [10, 40] {
+            let p = KnnParams {
+                k,
+                construction_scan: true,
+                construction_field_of_view: usize::MAX,
+                query_field_of_view: Some(fov),
+                ..Default::default()
+            };
+            let idx = KnnIndex::build(Rows::new(&keys, n, d), &p, None);
+            let (mut top, mut one) = (TopK::new(k), TopK::new(k));
+            let mut whole = vec![Vec::new(); l];
+            idx.query_batch(Rows::new(&queries, l, d), n, k, &mut top, |r, t| whole[r] = t.ids().to_vec());
+            let mut differ = 0;
+            for r in 0..l {
+                let q = &queries[r * d..(r + 1) * d];
+                idx.query(q, n, k, &mut one);
+                differ += (one.ids() != &whole[r][..]) as usize;
+                // The same row alone (a block of one row goes through `query`) and
+                // inside a block of two: identical to the big block.
+                let r2 = if r + 1 < l { r + 1 } else { r - 1 };
+                let (lo, hi) = (r.min(r2), r.max(r2));
+                let two = [&queries[lo * d..(lo + 1) * d], &queries[hi * d..(hi + 1) * d]].concat();
+                idx.query_batch(Rows::new(&two, 2, d), n, k, &mut top, |j, t| {
+                    let row = if j == 0 { lo } else { hi };
+                    assert_eq!(t.ids(), &whole[row][..], "row {row} in a block of two");
+                });
+            }
+            // Only near-ties may differ (other summation order of the dots).
+            assert!(differ <= l / 50, "fov {fov}: {differ} rows differ from `query`");
+        }
+    }
+
+    #[test]
+    fn histogram_selection_picks_the_best_by_score_then_smaller_id() {
+        let (n, d) = (2000, 8);
+        let keys = random_keys(n, d, 31);
+        let p = KnnParams { construction_scan: true, ..Default::default() };
+        let idx = KnnIndex::build(Rows::new(&keys, n, d), &p, None);
+        let mut s = Scratch::default();
+        let mut r = SplitMix64::new(4);
+        for case in 0..200 {
+            let m = 1 + case % 300;
+            let ids: Vec<u32> = (0..m as u32).collect();
+            // Coarse scores: many exact ties, including at the boundary.
+            let scores: Vec<f32> = (0..m).map(|_| (r.normal() * 3.0).round() as f32).collect();
+            let (fov, k) = (1 + case % 40, 1);
+            let mut top = TopK::new(k);
+            let mut expand = Vec::new();
+            assert!(idx.select_block(&mut top, &scores, &ids, fov, k, n, &mut s, &mut expand));
+            let mut want: Vec<(f32, u32)> = scores.iter().copied().zip(ids.iter().copied()).collect();
+            want.sort_by(by_score_desc);
+            let mut want: Vec<u32> = want[..fov.min(m)].iter().map(|x| x.1).collect();
+            want.sort_unstable();
+            expand.sort_unstable();
+            assert_eq!(expand, want, "case {case}");
         }
     }
 }
