@@ -49,7 +49,7 @@
 //!   functions of the key set and the bound.
 
 use super::params::KnnParams;
-use super::simd::{dot, scan_cell, scan_cell_rows, SplitMix64, BLOCK, ROWS};
+use super::simd::{dot, max_index, scan_cell, scan_cell_rows, SplitMix64, BLOCK, ROWS};
 use super::TopK;
 use crate::attention::Rows;
 use crate::gemm::{self, MatRef};
@@ -467,10 +467,68 @@ impl KnnIndex {
             } else {
                 self.searched_parents(&members, l)
             };
-            for (id, (p, dist)) in members.iter().zip(found) {
-                self.attach_raw(*id, p, dist);
-            }
+            self.attach_level(&members, &found);
             self.sort_cells();
+        }
+    }
+
+    /// [`Self::attach_raw`] for every key of one level at once (same cells, same
+    /// child order): children grouped by cell, each cell grown once and filled row
+    /// by row (sequential writes instead of `d + 1` scattered ones per key).
+    fn attach_level(&mut self, members: &[u32], found: &[(u32, f32)]) {
+        let rows = self.d + 1;
+        let cell_ids: Vec<u32> =
+            found.iter().map(|&(p, _)| if p == NONE { 0 } else { self.cell_for(p) as u32 }).collect();
+        // Counting sort by cell (stable: ids ascend within a cell, as one by one).
+        let ncells = self.cells.len();
+        let mut start = vec![0u32; ncells + 1];
+        cell_ids.iter().for_each(|&c| start[c as usize + 1] += 1);
+        for i in 0..ncells {
+            start[i + 1] += start[i];
+        }
+        let mut fill = start[..ncells].to_vec();
+        let mut order = vec![0u32; members.len()];
+        for (i, &c) in cell_ids.iter().enumerate() {
+            order[fill[c as usize] as usize] = i as u32;
+            fill[c as usize] += 1;
+        }
+        for cell in 0..ncells {
+            let kids = &order[start[cell] as usize..start[cell + 1] as usize];
+            if kids.is_empty() {
+                continue;
+            }
+            let c = &mut self.cells[cell];
+            let (old, new) = (c.len(), c.len() + kids.len());
+            let cap = new.div_ceil(BLOCK) * BLOCK;
+            if cap > c.cap {
+                let mut soa = vec![0.0; rows * cap];
+                for r in 0..rows {
+                    soa[r * cap..r * cap + old].copy_from_slice(&c.soa[r * c.cap..r * c.cap + old]);
+                }
+                c.soa = soa;
+                c.cap = cap;
+            }
+            let (d, cap) = (self.d, c.cap);
+            for r in 0..rows {
+                let dst = &mut c.soa[r * cap + old..r * cap + new];
+                for (x, &i) in dst.iter_mut().zip(kids) {
+                    let id = members[i as usize] as usize;
+                    *x = if r < d { self.keys[id * d + r] } else { self.aug[id] };
+                }
+            }
+            c.ids.extend(kids.iter().map(|&i| members[i as usize]));
+            // Rebuilt by `sort_cells` if the cell needs them.
+            c.sorted.clear();
+        }
+        for (&id, &(parent, dist)) in members.iter().zip(found) {
+            self.parent[id as usize] = parent;
+            self.parent_dist[id as usize] = dist;
+            let add = self.subtree[id as usize];
+            let mut p = parent;
+            while p != NONE {
+                self.subtree[p as usize] += add;
+                p = self.parent[p as usize];
+            }
         }
     }
 
@@ -512,15 +570,12 @@ impl KnnIndex {
             for (j, out) in slot.iter_mut().enumerate() {
                 let ax = self.aug[ids[j] as usize];
                 // Same expression as the construction search's scores (minus the
-                // transformed distance), so the result is bit-identical to it.
-                let mut best = (f32::NEG_INFINITY, NONE);
-                for ((&x, &ap), &p) in sc[j * u..(j + 1) * u].iter().zip(&paug).zip(pids) {
-                    let score = x + ax * ap - m2;
-                    if best.1 == NONE || by_score_desc(&(score, p), &best) == Ordering::Less {
-                        best = (score, p);
-                    }
-                }
-                *out = (best.1, -best.0);
+                // transformed distance), so the pick is the same as its for finite
+                // scores: the first of equal scores wins, and ids ascend.
+                let row = &mut sc[j * u..(j + 1) * u];
+                row.iter_mut().zip(&paug).for_each(|(x, &ap)| *x = *x + ax * ap - m2);
+                let (best, at) = max_index(row);
+                *out = (pids[at], -best);
             }
         });
         found

@@ -21,6 +21,7 @@ pub const BLOCK: usize = 16;
 /// `out[j] = sum_{c < rows} q[c] * soa[c * cap + j]` for `j < cap`.
 type ScanFn = fn(q: &[f32], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]);
 type DotFn = fn(a: &[f32], b: &[f32]) -> f32;
+type MaxIndexFn = fn(x: &[f32]) -> (f32, usize);
 type ScanRowsFn =
     fn(q: [&[f32]; ROWS], soa: &[f32], rows: usize, cap: usize, out: &mut [f32], maxes: &mut [f32; ROWS]);
 
@@ -57,7 +58,7 @@ fn scan_generic<S: Simd>(s: S, q: &[f32], soa: &[f32], rows: usize, cap: usize, 
 /// is loaded once for all rows (a `ROWS x LANES` register tile; eight independent
 /// FMA chains cover the FMA latency on two ports).
 #[inline(always)]
-fn scan_rows_generic<S: Simd>(
+fn scan_rows_generic<S: Simd, const V: usize>(
     s: S,
     q: [&[f32]; ROWS],
     soa: &[f32],
@@ -71,6 +72,27 @@ fn scan_rows_generic<S: Simd>(
     let q: [&[f32]; ROWS] = std::array::from_fn(|j| &q[j][..rows]);
     let mut mx = [s.splat(f32::NEG_INFINITY); ROWS];
     let mut o = 0;
+    // `V` vectors of columns per step while they fit (a `ROWS x V` register tile:
+    // fewer loads and bounds checks per FMA), then one at a time.
+    while o + V * S::LANES <= cap {
+        let mut acc = [[s.splat(0.0); ROWS]; V];
+        for c in 0..rows {
+            let row = &soa[c * cap + o..c * cap + o + V * S::LANES];
+            for v in 0..V {
+                let x = s.load(&row[v * S::LANES..]);
+                for j in 0..ROWS {
+                    acc[v][j] = s.mul_add(s.splat(q[j][c]), x, acc[v][j]);
+                }
+            }
+        }
+        for (v, acc) in acc.iter().enumerate() {
+            for (j, a) in acc.iter().enumerate() {
+                s.store(*a, &mut out[j * cap + o + v * S::LANES..]);
+                mx[j] = s.max(mx[j], *a);
+            }
+        }
+        o += V * S::LANES;
+    }
     while o < cap {
         let mut acc = [s.splat(0.0); ROWS];
         for c in 0..rows {
@@ -88,6 +110,23 @@ fn scan_rows_generic<S: Simd>(
     for j in 0..ROWS {
         maxes[j] = s.reduce_max(mx[j]);
     }
+}
+
+/// The largest element and the position of its first occurrence (see [`max_index`]):
+/// a vector max, then a scan for it.
+#[inline(always)]
+fn max_index_generic<S: Simd>(s: S, x: &[f32]) -> (f32, usize) {
+    let mut m = s.splat(f32::NEG_INFINITY);
+    let mut i = 0;
+    while i + S::LANES <= x.len() {
+        m = s.max(m, s.load(&x[i..]));
+        i += S::LANES;
+    }
+    let mut best = s.reduce_max(m);
+    for &v in &x[i..] {
+        best = best.max(v);
+    }
+    (best, x.iter().position(|&v| v == best).unwrap_or(0))
 }
 
 #[inline(always)]
@@ -115,7 +154,7 @@ fn dot_generic<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
 /// Safe entry points for one instruction set; `$features` are enabled on an inner
 /// function that the table below hands out only after detecting them.
 macro_rules! entries {
-    ($m:ident, $tok:ty $(, $features:literal)?) => {
+    ($m:ident, $tok:ty, $v:literal $(, $features:literal)?) => {
         mod $m {
             use super::*;
             #[allow(unused_imports)]
@@ -149,10 +188,20 @@ macro_rules! entries {
                 ) {
                     // SAFETY: as for `scan`.
                     let s = unsafe { <$tok>::new_unchecked() };
-                    scan_rows_generic(s, q, soa, rows, cap, out, maxes)
+                    scan_rows_generic::<_, $v>(s, q, soa, rows, cap, out, maxes)
                 }
                 // SAFETY: as for `scan`.
                 unsafe { inner(q, soa, rows, cap, out, maxes) }
+            }
+            pub fn max_index(x: &[f32]) -> (f32, usize) {
+                $(#[target_feature(enable = $features)])?
+                unsafe fn inner(x: &[f32]) -> (f32, usize) {
+                    // SAFETY: as for `scan`.
+                    let s = unsafe { <$tok>::new_unchecked() };
+                    max_index_generic(s, x)
+                }
+                // SAFETY: as for `scan`.
+                unsafe { inner(x) }
             }
             pub fn dot(a: &[f32], b: &[f32]) -> f32 {
                 $(#[target_feature(enable = $features)])?
@@ -180,18 +229,21 @@ impl Unchecked for Scalar {
     }
 }
 
-entries!(scalar, Scalar);
+// The literal is the column vectors per step of `scan_rows_generic`: two where 32
+// vector registers hold the `ROWS x 2` accumulators (AVX-512, NEON), else one.
+entries!(scalar, Scalar, 1);
 #[cfg(target_arch = "x86_64")]
-entries!(avx512, crate::vecmath::x86::Avx512, "avx512f");
+entries!(avx512, crate::vecmath::x86::Avx512, 2, "avx512f");
 #[cfg(target_arch = "x86_64")]
-entries!(avx2, crate::vecmath::x86::Avx2Fma, "avx2,fma");
+entries!(avx2, crate::vecmath::x86::Avx2Fma, 1, "avx2,fma");
 #[cfg(target_arch = "aarch64")]
-entries!(neon, crate::vecmath::neon::Neon, "neon");
+entries!(neon, crate::vecmath::neon::Neon, 2, "neon");
 
 #[derive(Clone, Copy)]
 struct Kernels {
     scan: ScanFn,
     scan_rows: ScanRowsFn,
+    max_index: MaxIndexFn,
     dot: DotFn,
 }
 
@@ -201,19 +253,19 @@ fn kernels() -> Kernels {
         #[cfg(target_arch = "x86_64")]
         {
             if crate::vecmath::x86::Avx512::new().is_some() {
-                return Kernels { scan: avx512::scan, scan_rows: avx512::scan_rows, dot: avx512::dot };
+                return Kernels { scan: avx512::scan, scan_rows: avx512::scan_rows, max_index: avx512::max_index, dot: avx512::dot };
             }
             if crate::vecmath::x86::Avx2Fma::new().is_some() {
-                return Kernels { scan: avx2::scan, scan_rows: avx2::scan_rows, dot: avx2::dot };
+                return Kernels { scan: avx2::scan, scan_rows: avx2::scan_rows, max_index: avx2::max_index, dot: avx2::dot };
             }
         }
         #[cfg(target_arch = "aarch64")]
         {
             if crate::vecmath::neon::Neon::new().is_some() {
-                return Kernels { scan: neon::scan, scan_rows: neon::scan_rows, dot: neon::dot };
+                return Kernels { scan: neon::scan, scan_rows: neon::scan_rows, max_index: neon::max_index, dot: neon::dot };
             }
         }
-        Kernels { scan: scalar::scan, scan_rows: scalar::scan_rows, dot: scalar::dot }
+        Kernels { scan: scalar::scan, scan_rows: scalar::scan_rows, max_index: scalar::max_index, dot: scalar::dot }
     })
 }
 
@@ -236,6 +288,13 @@ pub fn scan_cell_rows(
     maxes: &mut [f32; ROWS],
 ) {
     (kernels().scan_rows)(q, soa, rows, cap, out, maxes)
+}
+
+/// The largest element of `x` and the position of its first occurrence (`(-inf, 0)`
+/// for an empty `x`; with NaNs in `x` the pick is unspecified but in bounds).
+#[inline]
+pub fn max_index(x: &[f32]) -> (f32, usize) {
+    (kernels().max_index)(x)
 }
 
 /// `a . b` over the shorter length.
@@ -351,6 +410,20 @@ mod tests {
         let mut rows = [&q[..]; ROWS];
         rows[ROWS - 1] = &short[..];
         scan_cell_rows(rows, &soa, 4, BLOCK, &mut out, &mut [0.0; ROWS]);
+    }
+
+    #[test]
+    fn max_index_finds_the_first_largest_at_any_length() {
+        for n in [0usize, 1, 5, 16, 17, 40, 255] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 23) as f32).min(20.0)).collect();
+            let want = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let at = x.iter().position(|&v| v == want).unwrap_or(0);
+            assert_eq!(max_index(&x), (want, at), "n {n}");
+            assert_eq!(scalar::max_index(&x), (want, at), "scalar n {n}");
+        }
+        let with_nan = [f32::NAN, 1.0, f32::NAN, 3.0, 3.0];
+        assert_eq!(scalar::max_index(&with_nan), (3.0, 3));
+        assert!(max_index(&[f32::NAN; 40]).1 < 40);
     }
 
     #[test]
