@@ -970,6 +970,7 @@ impl KnnIndex {
         self.search_cell(0, Mode::Query, root_want, &mut s, &mut cand);
         for level in (0..self.num_levels.saturating_sub(1)).rev() {
             out.offer(&cand, vis);
+            let fov = self.params.query_fov_for(cand.len());
             self.select_expand(&mut cand, fov, k, &mut expand);
             cand.clear();
             let want = if level == 0 { k } else { fov };
@@ -1058,7 +1059,6 @@ impl KnnIndex {
         bs.scores.resize(b * u, 0.0);
         let qm = MatRef { data: q.data, rows: b, cols: d, row_stride: q.stride, col_stride: 1 };
         gemm::sgemm(1.0, qm, MatRef::new(&self.upper_keys, u, d).t(), 0.0, &mut bs.scores[..b * u]);
-        let fov = self.params.query_fov();
         let mut cand = std::mem::take(&mut s.cand);
         let mut expand = std::mem::take(&mut s.expand);
         bs.saved_ids.clear();
@@ -1085,6 +1085,7 @@ impl KnnIndex {
                 let mut done = false;
                 if whole {
                     let (a, e) = (self.level_start[level] as usize, self.level_start[level - 1] as usize);
+                    let fov = self.params.query_fov_for(e - a);
                     done = self.select_block(top, &row[a..e], &self.upper_ids[a..e], fov, k, vis, s, &mut expand);
                     if !done {
                         cand.clear();
@@ -1092,6 +1093,7 @@ impl KnnIndex {
                     }
                 }
                 if !done {
+                    let fov = self.params.query_fov_for(cand.len());
                     self.offer_selected(top, &mut cand, fov, k, vis, &mut expand);
                 }
                 if level > 1 {

@@ -36,6 +36,12 @@ pub struct KnnParams {
     pub construction_scan: bool,
     /// Query: parents kept per level and expanded on the next one. `None` = `k`.
     pub query_field_of_view: Option<usize>,
+    /// Query (ours, 0 = off = IceFormer): keep at least this fraction of the
+    /// candidate parents of a level, `ceil(prop * candidates)`, when that is more
+    /// than `query_field_of_view`. Recall depends on the fraction of a level that
+    /// is expanded, so one value serves every sequence length where a fixed field
+    /// of view would not (see [`KnnParams::recommended`]).
+    pub query_prop_field_of_view: f32,
     /// Query: fraction of a cell retrieved (exact dot computed) before the search
     /// of that cell may stop.
     pub query_prop_to_retrieve: f32,
@@ -60,6 +66,7 @@ impl Default for KnnParams {
             construction_prop_to_retrieve: 0.002,
             construction_scan: false,
             query_field_of_view: None,
+            query_prop_field_of_view: 0.0,
             query_prop_to_retrieve: 0.8,
             num_to_visit: None,
             prop_to_visit: 1.0,
@@ -123,6 +130,9 @@ impl KnnParams {
                 }
             }
             "query_field_of_view" | "field_of_view" => self.query_field_of_view = parse_opt(key, value)?,
+            "query_prop_field_of_view" | "prop_field_of_view" => {
+                self.query_prop_field_of_view = parse_prop(key, value)?
+            }
             "query_prop_to_retrieve" | "prop_to_retrieve" => self.query_prop_to_retrieve = parse_prop(key, value)?,
             "num_to_visit" => self.num_to_visit = parse_opt(key, value)?,
             "prop_to_visit" => self.prop_to_visit = parse_prop(key, value)?,
@@ -160,6 +170,13 @@ impl KnnParams {
     /// The query field of view (`k` unless set).
     pub fn query_fov(&self) -> usize {
         self.query_field_of_view.unwrap_or(self.k).max(1)
+    }
+
+    /// Parents kept among `candidates` of one level: the field of view, or the
+    /// `query_prop_field_of_view` fraction of them when that is more.
+    pub fn query_fov_for(&self, candidates: usize) -> usize {
+        let prop = (self.query_prop_field_of_view as f64 * candidates as f64).ceil();
+        self.query_fov().max(prop.min(usize::MAX as f64) as usize)
     }
 }
 
