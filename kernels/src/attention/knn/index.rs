@@ -49,7 +49,7 @@
 //!   functions of the key set and the bound.
 
 use super::params::KnnParams;
-use super::simd::{dot, max_index, scan_cell, scan_cell_rows, SplitMix64, BLOCK, ROWS};
+use super::simd::{dot, max_index, min_max, scan_cell, scan_cell_rows, SplitMix64, BLOCK, ROWS};
 use super::TopK;
 use crate::attention::Rows;
 use crate::gemm::{self, MatRef};
@@ -1232,7 +1232,7 @@ impl KnnIndex {
     ) -> bool {
         const BUCKETS: usize = 64;
         let n = scores.len();
-        let (lo, hi) = scores.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+        let (lo, hi) = min_max(scores);
         if n == 0 || !lo.is_finite() || !hi.is_finite() || fov < k || vis < self.len() {
             return false;
         }
@@ -1245,8 +1245,24 @@ impl KnnIndex {
         } else {
             let w = (BUCKETS as f32 - 0.5) / (hi - lo).max(f32::MIN_POSITIVE);
             s.bucket.clear();
-            s.bucket.extend(scores.iter().map(|&x| (((x - lo) * w) as usize).min(BUCKETS - 1) as u8));
-            s.bucket.iter().for_each(|&h| hist[h as usize] += 1);
+            // In [0, BUCKETS - 0.5] for finite scores; `f32 as u8` truncates (and
+            // vectorizes, unlike a conversion to usize).
+            s.bucket.extend(scores.iter().map(|&x| ((x - lo) * w).min(BUCKETS as f32 - 1.0) as u8));
+            // Four partial histograms: consecutive equal buckets do not wait on
+            // each other's increments.
+            let mut part = [[0u32; BUCKETS]; 4];
+            let chunks = s.bucket.chunks_exact(4);
+            for &h in chunks.remainder() {
+                part[0][h as usize] += 1;
+            }
+            for c in chunks {
+                for (p, &h) in part.iter_mut().zip(c) {
+                    p[h as usize] += 1;
+                }
+            }
+            for (i, h) in hist.iter_mut().enumerate() {
+                *h = part[0][i] + part[1][i] + part[2][i] + part[3][i];
+            }
             // The boundary bucket: everything above it is in, it holds the rest.
             let (mut above, mut edge) = (0usize, BUCKETS - 1);
             while above + (hist[edge] as usize) < fov {

@@ -22,6 +22,7 @@ pub const BLOCK: usize = 16;
 type ScanFn = fn(q: &[f32], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]);
 type DotFn = fn(a: &[f32], b: &[f32]) -> f32;
 type MaxIndexFn = fn(x: &[f32]) -> (f32, usize);
+type MinMaxFn = fn(x: &[f32]) -> (f32, f32);
 type ScanRowsFn =
     fn(q: [&[f32]; ROWS], soa: &[f32], rows: usize, cap: usize, out: &mut [f32], maxes: &mut [f32; ROWS]);
 
@@ -129,6 +130,25 @@ fn max_index_generic<S: Simd>(s: S, x: &[f32]) -> (f32, usize) {
     (best, x.iter().position(|&v| v == best).unwrap_or(0))
 }
 
+/// `(min, max)` of `x` (`(inf, -inf)` when empty; NaNs give an unspecified result).
+#[inline(always)]
+fn min_max_generic<S: Simd>(s: S, x: &[f32]) -> (f32, f32) {
+    let (mut lo, mut hi) = (s.splat(f32::INFINITY), s.splat(f32::NEG_INFINITY));
+    let mut i = 0;
+    while i + S::LANES <= x.len() {
+        let v = s.load(&x[i..]);
+        lo = s.min(lo, v);
+        hi = s.max(hi, v);
+        i += S::LANES;
+    }
+    let (mut a, mut b) = (-s.reduce_max(s.sub(s.splat(0.0), lo)), s.reduce_max(hi));
+    for &v in &x[i..] {
+        a = a.min(v);
+        b = b.max(v);
+    }
+    (a, b)
+}
+
 #[inline(always)]
 fn dot_generic<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
@@ -203,6 +223,16 @@ macro_rules! entries {
                 // SAFETY: as for `scan`.
                 unsafe { inner(x) }
             }
+            pub fn min_max(x: &[f32]) -> (f32, f32) {
+                $(#[target_feature(enable = $features)])?
+                unsafe fn inner(x: &[f32]) -> (f32, f32) {
+                    // SAFETY: as for `scan`.
+                    let s = unsafe { <$tok>::new_unchecked() };
+                    min_max_generic(s, x)
+                }
+                // SAFETY: as for `scan`.
+                unsafe { inner(x) }
+            }
             pub fn dot(a: &[f32], b: &[f32]) -> f32 {
                 $(#[target_feature(enable = $features)])?
                 unsafe fn inner(a: &[f32], b: &[f32]) -> f32 {
@@ -244,6 +274,7 @@ struct Kernels {
     scan: ScanFn,
     scan_rows: ScanRowsFn,
     max_index: MaxIndexFn,
+    min_max: MinMaxFn,
     dot: DotFn,
 }
 
@@ -253,19 +284,19 @@ fn kernels() -> Kernels {
         #[cfg(target_arch = "x86_64")]
         {
             if crate::vecmath::x86::Avx512::new().is_some() {
-                return Kernels { scan: avx512::scan, scan_rows: avx512::scan_rows, max_index: avx512::max_index, dot: avx512::dot };
+                return Kernels { scan: avx512::scan, scan_rows: avx512::scan_rows, max_index: avx512::max_index, min_max: avx512::min_max, dot: avx512::dot };
             }
             if crate::vecmath::x86::Avx2Fma::new().is_some() {
-                return Kernels { scan: avx2::scan, scan_rows: avx2::scan_rows, max_index: avx2::max_index, dot: avx2::dot };
+                return Kernels { scan: avx2::scan, scan_rows: avx2::scan_rows, max_index: avx2::max_index, min_max: avx2::min_max, dot: avx2::dot };
             }
         }
         #[cfg(target_arch = "aarch64")]
         {
             if crate::vecmath::neon::Neon::new().is_some() {
-                return Kernels { scan: neon::scan, scan_rows: neon::scan_rows, max_index: neon::max_index, dot: neon::dot };
+                return Kernels { scan: neon::scan, scan_rows: neon::scan_rows, max_index: neon::max_index, min_max: neon::min_max, dot: neon::dot };
             }
         }
-        Kernels { scan: scalar::scan, scan_rows: scalar::scan_rows, max_index: scalar::max_index, dot: scalar::dot }
+        Kernels { scan: scalar::scan, scan_rows: scalar::scan_rows, max_index: scalar::max_index, min_max: scalar::min_max, dot: scalar::dot }
     })
 }
 
@@ -295,6 +326,13 @@ pub fn scan_cell_rows(
 #[inline]
 pub fn max_index(x: &[f32]) -> (f32, usize) {
     (kernels().max_index)(x)
+}
+
+/// `(min, max)` of `x` (`(inf, -inf)` when empty; with NaNs in `x` the result is
+/// unspecified, callers check it is finite).
+#[inline]
+pub fn min_max(x: &[f32]) -> (f32, f32) {
+    (kernels().min_max)(x)
 }
 
 /// `a . b` over the shorter length.
@@ -413,13 +451,20 @@ mod tests {
     }
 
     #[test]
-    fn max_index_finds_the_first_largest_at_any_length() {
+    fn max_index_and_min_max_match_a_scalar_fold_at_any_length() {
         for n in [0usize, 1, 5, 16, 17, 40, 255] {
             let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 23) as f32).min(20.0)).collect();
             let want = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let at = x.iter().position(|&v| v == want).unwrap_or(0);
             assert_eq!(max_index(&x), (want, at), "n {n}");
             assert_eq!(scalar::max_index(&x), (want, at), "scalar n {n}");
+        }
+        for n in [0usize, 3, 16, 33] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 31 % 17) as f32) - 8.0).collect();
+            let lo = x.iter().copied().fold(f32::INFINITY, f32::min);
+            let hi = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(min_max(&x), (lo, hi), "n {n}");
+            assert_eq!(scalar::min_max(&x), (lo, hi));
         }
         let with_nan = [f32::NAN, 1.0, f32::NAN, 3.0, 3.0];
         assert_eq!(scalar::max_index(&with_nan), (3.0, 3));
