@@ -80,20 +80,20 @@ fn main() {
             let mut scores = vec![0.0; 512 * l];
             let skip = std::env::var_os("KNN_ONLY").is_some();
             let mut unfused = || {
-                    for r0 in (0..l).step_by(512) {
-                        let rows = 512.min(l - r0);
-                        let sc = &mut scores[..rows * l];
-                        let qb = MatRef::new(&q[r0 * d..(r0 + rows) * d], rows, d);
-                        gemm::sgemm(scale, qb, MatRef::new(&k, l, d).t(), 0.0, sc);
-                        sc.chunks_mut(l).for_each(floe_kernels::softmax::softmax_f32);
-                        gemm::sgemm(
-                            1.0,
-                            MatRef::new(sc, rows, l),
-                            MatRef::new(&v, l, d),
-                            0.0,
-                            &mut exact[r0 * d..(r0 + rows) * d],
-                        );
-                    }
+                for r0 in (0..l).step_by(512) {
+                    let rows = 512.min(l - r0);
+                    let sc = &mut scores[..rows * l];
+                    let qb = MatRef::new(&q[r0 * d..(r0 + rows) * d], rows, d);
+                    gemm::sgemm(scale, qb, MatRef::new(&k, l, d).t(), 0.0, sc);
+                    sc.chunks_mut(l).for_each(floe_kernels::softmax::softmax_f32);
+                    gemm::sgemm(
+                        1.0,
+                        MatRef::new(sc, rows, l),
+                        MatRef::new(&v, l, d),
+                        0.0,
+                        &mut exact[r0 * d..(r0 + rows) * d],
+                    );
+                }
             };
             // KNN_ONLY: the exact output only, untimed.
             let t_unfused = if skip {

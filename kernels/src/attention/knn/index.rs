@@ -49,7 +49,7 @@
 //!   functions of the key set and the bound.
 
 use super::params::KnnParams;
-use super::simd::{dot, max_index, min_max, scan_cell, scan_cell_rows, SplitMix64, BLOCK, ROWS};
+use super::simd::{count_at_least, dot, max_index, min_max, scan_cell, scan_cell_rows, SplitMix64, BLOCK, ROWS};
 use super::TopK;
 use crate::attention::Rows;
 use crate::gemm::{self, MatRef};
@@ -178,10 +178,11 @@ pub(super) struct Scratch {
     priority: Vec<f32>,
     counts: Vec<u32>,
     checked: Vec<bool>,
-    /// Histogram bucket of each score, and the selected positions
-    /// ([`KnnIndex::select_block`]).
-    bucket: Vec<u8>,
+    /// The selected positions of [`KnnIndex::select_block`].
     selected: Vec<u32>,
+    /// Upper-level keys offered by [`KnnIndex::select_block`], kept by
+    /// [`KnnIndex::keep_upper`].
+    upper: Vec<(f32, u32)>,
     batch: BatchScratch,
 }
 
@@ -256,8 +257,8 @@ fn offer_cell(heap_ids: &mut [u32], heap_dots: &mut [f32], len: &mut u32, ids: &
     let mut w = 0;
     for (i, &x) in sc[..n].iter().enumerate() {
         pass[w] = i as u8;
-        // `!(x <= bar)`: NaN passes, as `heap_offer` would take it into a filling heap.
-        w += !(x <= bar) as usize;
+        // NaN passes, as `heap_offer` would take it into a filling heap.
+        w += ((x > bar) | x.is_nan()) as usize;
     }
     for &i in &pass[..w] {
         let (id, x) = (ids[i as usize], sc[i as usize]);
@@ -1073,6 +1074,7 @@ impl KnnIndex {
         let top_level = self.num_levels - 1;
         for r in 0..b {
             top.reset(k);
+            s.upper.clear();
             let row = &bs.scores[r * u..(r + 1) * u];
             let oracle = |id: u32| (row[self.upper_pos[id as usize] as usize], id);
             // `whole`: the candidates are every key of `level` (contiguous scores).
@@ -1109,6 +1111,7 @@ impl KnnIndex {
                     }
                 }
             }
+            self.keep_upper(top, s, k);
             bs.expand_at.push(bs.expand.len() as u32);
             bs.expand.extend_from_slice(&expand);
             bs.saved_len.push(top.ids.len() as u32);
@@ -1164,9 +1167,9 @@ impl KnnIndex {
                 scan_cell_rows(std::array::from_fn(pick), &c.soa, d, c.cap, &mut s.scores, &mut maxes);
                 for (j, &r) in group.iter().enumerate() {
                     let r = r as usize;
-                    // `!(max <= bar)`: a row whose best score here cannot enter its
+                    // A row whose best score here cannot enter its
                     // top k is skipped without reading its heap.
-                    if !(maxes[j] <= bs.bars[r]) {
+                    if maxes[j] > bs.bars[r] || maxes[j].is_nan() {
                         bs.bars[r] = offer_cell(
                             &mut bs.saved_ids[r * k..(r + 1) * k],
                             &mut bs.saved_dots[r * k..(r + 1) * k],
@@ -1211,13 +1214,37 @@ impl KnnIndex {
         s.expand = expand;
     }
 
+    /// Offers the upper-level keys collected in `s.upper` to `top`: into an empty
+    /// list, the best `k` by one selection, stored ascending (a valid min-heap)
+    /// instead of one heap update per key; else one by one.
+    fn keep_upper(&self, top: &mut TopK, s: &mut Scratch, k: usize) {
+        let up = &mut s.upper;
+        if up.is_empty() {
+            return;
+        }
+        if !top.is_empty() {
+            up.iter().for_each(|&(x, id)| top.offer_one(id, x, usize::MAX));
+            return;
+        }
+        if up.len() > k {
+            up.select_nth_unstable_by(k - 1, by_score_desc);
+            up.truncate(k);
+        }
+        up.sort_unstable_by(|a, b| by_score_desc(b, a));
+        let scored = top.scored;
+        top.load_sorted_ascending(up, k, scored);
+    }
+
     /// Selects the parents to expand among a whole level, given as contiguous
-    /// `scores`/`ids` (ids ascending), and offers them to `top`: the same set as
-    /// [`Self::offer_selected`] (the best `fov` by score, ties to the smaller id),
-    /// found by a 64-bucket histogram of the scores and an exact selection inside
-    /// the boundary bucket only. Returns false, doing nothing, when it does not
-    /// apply (scores not finite, the selected subtrees hold fewer than `k` keys, or
-    /// keys are hidden) and the caller must take the general path.
+    /// `scores`/`ids` (ids ascending): the same set as [`Self::offer_selected`] (the
+    /// best `fov` by score, ties to the smaller id). A few bisection steps on the
+    /// score, each a vector count ([`count_at_least`]), bracket the `fov`-th best
+    /// score in `[a, b)`; one pass keeps the scores `>= a`, and an exact selection
+    /// runs among the few in `[a, b)` only. The keys that may make the top `k` are
+    /// appended to `s.upper` (see [`Self::keep_upper`]). Returns false, doing
+    /// nothing, when it does not apply (scores not finite, `fov < k`, the selected
+    /// subtrees hold fewer than `k` keys, or keys are hidden): the caller then takes
+    /// the general path.
     #[allow(clippy::too_many_arguments)]
     fn select_block(
         &self,
@@ -1230,7 +1257,6 @@ impl KnnIndex {
         s: &mut Scratch,
         expand: &mut Vec<u32>,
     ) -> bool {
-        const BUCKETS: usize = 64;
         let n = scores.len();
         let (lo, hi) = min_max(scores);
         if n == 0 || !lo.is_finite() || !hi.is_finite() || fov < k || vis < self.len() {
@@ -1239,78 +1265,68 @@ impl KnnIndex {
         // Positions (into `scores`) of the selected parents.
         let mut pos = std::mem::take(&mut s.selected);
         pos.clear();
-        let mut hist = [0u32; BUCKETS];
+        // Scores `>= bar` may make the top k (offered), the others cannot.
+        let mut bar = f32::NEG_INFINITY;
         if fov >= n {
             pos.extend(0..n as u32);
         } else {
-            let w = (BUCKETS as f32 - 0.5) / (hi - lo).max(f32::MIN_POSITIVE);
-            s.bucket.clear();
-            // In [0, BUCKETS - 0.5] for finite scores; `f32 as u8` truncates (and
-            // vectorizes, unlike a conversion to usize).
-            s.bucket.extend(scores.iter().map(|&x| ((x - lo) * w).min(BUCKETS as f32 - 1.0) as u8));
-            // Four partial histograms: consecutive equal buckets do not wait on
-            // each other's increments.
-            let mut part = [[0u32; BUCKETS]; 4];
-            let chunks = s.bucket.chunks_exact(4);
-            for &h in chunks.remainder() {
-                part[0][h as usize] += 1;
+            // Invariant: count(>= a) >= fov > count(>= b).
+            let (mut a, mut b) = (lo, f32::INFINITY);
+            let mut mid = lo + (hi - lo) * (1.0 - fov as f32 / n as f32);
+            for _ in 0..8 {
+                if !(mid > a && mid < b) {
+                    break;
+                }
+                if count_at_least(scores, mid) >= fov {
+                    a = mid;
+                } else {
+                    b = mid;
+                }
+                mid = if b.is_finite() { a + (b - a) * 0.5 } else { a + (hi - a) * 0.5 };
             }
-            for c in chunks {
-                for (p, &h) in part.iter_mut().zip(c) {
-                    p[h as usize] += 1;
+            // Branch-free pass keeping the positions `>= a` (about `fov`), then the
+            // ones `>= b` are in and the boundary `[a, b)` fills the rest.
+            pos.resize(n, 0);
+            let mut w = 0;
+            for (i, &x) in scores.iter().enumerate() {
+                pos[w] = i as u32;
+                w += (x >= a) as usize;
+            }
+            pos.truncate(w);
+            s.cand.clear();
+            let mut wp = 0;
+            for j in 0..pos.len() {
+                let i = pos[j];
+                let x = scores[i as usize];
+                if x >= b {
+                    pos[wp] = i;
+                    wp += 1;
+                } else {
+                    // Ids ascend with the position: ties still go to the smaller id.
+                    s.cand.push((x, i));
                 }
             }
-            for (i, h) in hist.iter_mut().enumerate() {
-                *h = part[0][i] + part[1][i] + part[2][i] + part[3][i];
-            }
-            // The boundary bucket: everything above it is in, it holds the rest.
-            let (mut above, mut edge) = (0usize, BUCKETS - 1);
-            while above + (hist[edge] as usize) < fov {
-                above += hist[edge] as usize;
-                edge -= 1;
-            }
-            let edge = edge as u8;
-            // Branch-free split: above the boundary bucket -> selected, in it -> `cand`.
-            pos.resize(n, 0);
-            s.cand.resize(n, (0.0, 0));
-            let (mut wp, mut wc) = (0, 0);
-            for (i, (&h, &x)) in s.bucket.iter().zip(scores).enumerate() {
-                pos[wp] = i as u32;
-                wp += (h > edge) as usize;
-                // Ids ascend with the position: ties still go to the smaller id.
-                s.cand[wc] = (x, i as u32);
-                wc += (h == edge) as usize;
-            }
             pos.truncate(wp);
-            s.cand.truncate(wc);
-            let need = fov - above;
+            let need = fov - wp;
             if need < s.cand.len() {
                 s.cand.select_nth_unstable_by(need, by_score_desc);
             }
             pos.extend(s.cand[..need].iter().map(|c| c.1));
+            // The k-th best is at least `a` when `fov >= k`... and, when at least k
+            // are `>= b`, at least `b`.
+            bar = if wp >= k { b } else { a };
         }
-        let total: usize = pos.iter().map(|&i| self.subtree[ids[i as usize] as usize] as usize).sum();
-        let ok = total >= k;
+        // Every subtree holds its root: `k` parents hold at least `k` keys.
+        let ok =
+            pos.len() >= k || pos.iter().map(|&i| self.subtree[ids[i as usize] as usize] as usize).sum::<usize>() >= k;
         if ok {
-            // As `offer_selected` with every key visible: only the selected can make the top k.
             expand.clear();
             expand.extend(pos.iter().map(|&i| ids[i as usize]));
-            // Only the selected can make the top k (as in `offer_selected`), and of
-            // those only the ones scoring at least the k-th best of them: a bar from
-            // the histogram (or none) skips the rest without touching the heap.
-            let bar = if pos.len() > 2 * k && fov < n {
-                let (mut above, mut edge) = (0usize, BUCKETS - 1);
-                while above + (hist[edge] as usize) < k {
-                    above += hist[edge] as usize;
-                    edge -= 1;
-                }
-                edge as u8
-            } else {
-                0
-            };
+            // Only the selected can make the top k (as in `offer_selected`), and
+            // of those only the ones scoring at least the k-th best of them.
             for &i in &pos {
-                if fov >= n || s.bucket[i as usize] >= bar {
-                    top.offer_one(ids[i as usize], scores[i as usize], usize::MAX);
+                if scores[i as usize] >= bar {
+                    s.upper.push((scores[i as usize], ids[i as usize]));
                 }
             }
             top.scored += n;

@@ -104,10 +104,39 @@ fn parse_opt(key: &str, value: &str) -> Result<Option<usize>, String> {
 }
 
 impl KnnParams {
+    /// Our recommended preset for prefill (`preset=recommended` in a list), chosen
+    /// on the peaked workload of `kernels/benches/attention_data.rs` (d = 64,
+    /// L = S from 1K to 16K; docs/attention.md has the figures): IceFormer's
+    /// defaults except
+    ///
+    /// - `k = 8`: on peaked attention the weight sits on a few keys, so 8 keep the
+    ///   output (cosine 1.0000 against exact with an exhaustive search) at a smaller
+    ///   per-query heap;
+    /// - `construction_scan = true`, `construction_field_of_view = all`: every key is
+    ///   attached to its exact nearest key one level up (one GEMM per block of keys),
+    ///   the tree quality recall depends on;
+    /// - `query_field_of_view = 64`, `query_prop_field_of_view = 0.2`: a query
+    ///   expands the best fifth of each level (at least 64 parents), which keeps
+    ///   the output cosine >= 0.99 at every length tried where a fixed field of view
+    ///   loses recall as the levels grow.
+    pub fn recommended() -> Self {
+        KnnParams {
+            k: 8,
+            construction_scan: true,
+            construction_field_of_view: usize::MAX,
+            query_field_of_view: Some(64),
+            query_prop_field_of_view: 0.2,
+            ..KnnParams::default()
+        }
+    }
+
     /// Sets one field by name (`k`, `num_comp_indices` or `lc`, `num_simp_indices` or
     /// `m`, `levels`, `construction_field_of_view`, `construction_prop_to_retrieve`, `construction_scan`,
     /// `query_field_of_view` or `field_of_view`, `query_prop_to_retrieve` or
-    /// `prop_to_retrieve`, `num_to_visit`, `prop_to_visit`, `seed`). Optional counts
+    /// `prop_to_retrieve`, `query_prop_field_of_view` or `prop_field_of_view`,
+    /// `num_to_visit`, `prop_to_visit`, `seed`), or replaces them all by a preset
+    /// (`preset=iceformer`, the defaults, or `preset=recommended`, see
+    /// [`KnnParams::recommended`]; later items apply on top). Optional counts
     /// accept `auto`; `construction_field_of_view` accepts `all`. The error names the key and the offending value.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
         match key.trim() {
@@ -136,6 +165,13 @@ impl KnnParams {
             "query_prop_to_retrieve" | "prop_to_retrieve" => self.query_prop_to_retrieve = parse_prop(key, value)?,
             "num_to_visit" => self.num_to_visit = parse_opt(key, value)?,
             "prop_to_visit" => self.prop_to_visit = parse_prop(key, value)?,
+            "preset" => {
+                *self = match value.trim() {
+                    "iceformer" | "default" => KnnParams::default(),
+                    "recommended" => KnnParams::recommended(),
+                    v => return Err(format!("knn parameter `preset`: unknown preset `{v}` (iceformer, recommended)")),
+                }
+            }
             "seed" => {
                 self.seed = value.trim().parse::<u64>().map_err(|e| format!("knn parameter `seed`: `{value}` ({e})"))?
             }
@@ -190,6 +226,7 @@ mod tests {
         assert_eq!((p.k, p.num_comp_indices, p.num_simp_indices, p.levels), (20, 2, 4, 3));
         assert_eq!((p.construction_field_of_view, p.construction_prop_to_retrieve), (5, 0.002));
         assert_eq!((p.query_fov(), p.query_prop_to_retrieve, p.num_to_visit, p.prop_to_visit), (20, 0.8, None, 1.0));
+        assert_eq!((p.construction_scan, p.query_prop_field_of_view), (false, 0.0));
     }
 
     #[test]
@@ -202,5 +239,22 @@ mod tests {
         assert!(KnnParams::parse("bogus=1").unwrap_err().contains("bogus"));
         assert!(KnnParams::parse("prop_to_visit=-1").is_err());
         assert_eq!(KnnParams::parse("num_to_visit=auto").unwrap().num_to_visit, None);
+        let p = KnnParams::parse("construction_field_of_view=all,prop_field_of_view=0.25").unwrap();
+        assert_eq!((p.construction_field_of_view, p.query_prop_field_of_view), (usize::MAX, 0.25));
+        assert!(KnnParams::parse("preset=fast").unwrap_err().contains("fast"));
+    }
+
+    #[test]
+    fn a_preset_replaces_every_field_and_later_items_apply_on_top() {
+        let p = KnnParams::parse("seed=3,preset=recommended,k=10").unwrap();
+        assert_eq!(p, KnnParams { k: 10, ..KnnParams::recommended() });
+        assert_eq!(KnnParams::parse("k=3,preset=iceformer").unwrap(), KnnParams::default());
+    }
+
+    #[test]
+    fn the_proportional_field_of_view_keeps_a_fraction_of_the_candidates_or_the_fixed_one() {
+        let p = KnnParams { query_field_of_view: Some(64), query_prop_field_of_view: 0.2, ..Default::default() };
+        assert_eq!((p.query_fov_for(16), p.query_fov_for(320), p.query_fov_for(621)), (64, 64, 125));
+        assert_eq!(KnnParams::default().query_fov_for(10_000), 20, "off by default");
     }
 }

@@ -23,8 +23,8 @@ type ScanFn = fn(q: &[f32], soa: &[f32], rows: usize, cap: usize, out: &mut [f32
 type DotFn = fn(a: &[f32], b: &[f32]) -> f32;
 type MaxIndexFn = fn(x: &[f32]) -> (f32, usize);
 type MinMaxFn = fn(x: &[f32]) -> (f32, f32);
-type ScanRowsFn =
-    fn(q: [&[f32]; ROWS], soa: &[f32], rows: usize, cap: usize, out: &mut [f32], maxes: &mut [f32; ROWS]);
+type CountFn = fn(x: &[f32], t: f32) -> usize;
+type ScanRowsFn = fn(q: [&[f32]; ROWS], soa: &[f32], rows: usize, cap: usize, out: &mut [f32], maxes: &mut [f32; ROWS]);
 
 /// Queries scored together against one cell by [`scan_cell_rows`].
 pub const ROWS: usize = 8;
@@ -149,6 +149,20 @@ fn min_max_generic<S: Simd>(s: S, x: &[f32]) -> (f32, f32) {
     (a, b)
 }
 
+/// How many elements of `x` are `>= t` (NaNs count as not below `t`).
+#[inline(always)]
+fn count_at_least_generic<S: Simd>(s: S, x: &[f32], t: f32) -> usize {
+    let (tv, one, zero) = (s.splat(t), s.splat(1.0), s.splat(0.0));
+    // Lane counts stay exact in f32 far beyond any cell or level size (2^24).
+    let mut acc = s.splat(0.0);
+    let mut i = 0;
+    while i + S::LANES <= x.len() {
+        acc = s.add(acc, s.select(s.lt(s.load(&x[i..]), tv), zero, one));
+        i += S::LANES;
+    }
+    s.reduce_sum(acc) as usize + x[i..].iter().filter(|&&v| v >= t || v.is_nan()).count()
+}
+
 #[inline(always)]
 fn dot_generic<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
@@ -233,6 +247,16 @@ macro_rules! entries {
                 // SAFETY: as for `scan`.
                 unsafe { inner(x) }
             }
+            pub fn count_at_least(x: &[f32], t: f32) -> usize {
+                $(#[target_feature(enable = $features)])?
+                unsafe fn inner(x: &[f32], t: f32) -> usize {
+                    // SAFETY: as for `scan`.
+                    let s = unsafe { <$tok>::new_unchecked() };
+                    count_at_least_generic(s, x, t)
+                }
+                // SAFETY: as for `scan`.
+                unsafe { inner(x, t) }
+            }
             pub fn dot(a: &[f32], b: &[f32]) -> f32 {
                 $(#[target_feature(enable = $features)])?
                 unsafe fn inner(a: &[f32], b: &[f32]) -> f32 {
@@ -275,6 +299,7 @@ struct Kernels {
     scan_rows: ScanRowsFn,
     max_index: MaxIndexFn,
     min_max: MinMaxFn,
+    count_at_least: CountFn,
     dot: DotFn,
 }
 
@@ -284,19 +309,47 @@ fn kernels() -> Kernels {
         #[cfg(target_arch = "x86_64")]
         {
             if crate::vecmath::x86::Avx512::new().is_some() {
-                return Kernels { scan: avx512::scan, scan_rows: avx512::scan_rows, max_index: avx512::max_index, min_max: avx512::min_max, dot: avx512::dot };
+                return Kernels {
+                    scan: avx512::scan,
+                    scan_rows: avx512::scan_rows,
+                    max_index: avx512::max_index,
+                    min_max: avx512::min_max,
+                    count_at_least: avx512::count_at_least,
+                    dot: avx512::dot,
+                };
             }
             if crate::vecmath::x86::Avx2Fma::new().is_some() {
-                return Kernels { scan: avx2::scan, scan_rows: avx2::scan_rows, max_index: avx2::max_index, min_max: avx2::min_max, dot: avx2::dot };
+                return Kernels {
+                    scan: avx2::scan,
+                    scan_rows: avx2::scan_rows,
+                    max_index: avx2::max_index,
+                    min_max: avx2::min_max,
+                    count_at_least: avx2::count_at_least,
+                    dot: avx2::dot,
+                };
             }
         }
         #[cfg(target_arch = "aarch64")]
         {
             if crate::vecmath::neon::Neon::new().is_some() {
-                return Kernels { scan: neon::scan, scan_rows: neon::scan_rows, max_index: neon::max_index, min_max: neon::min_max, dot: neon::dot };
+                return Kernels {
+                    scan: neon::scan,
+                    scan_rows: neon::scan_rows,
+                    max_index: neon::max_index,
+                    min_max: neon::min_max,
+                    count_at_least: neon::count_at_least,
+                    dot: neon::dot,
+                };
             }
         }
-        Kernels { scan: scalar::scan, scan_rows: scalar::scan_rows, max_index: scalar::max_index, min_max: scalar::min_max, dot: scalar::dot }
+        Kernels {
+            scan: scalar::scan,
+            scan_rows: scalar::scan_rows,
+            max_index: scalar::max_index,
+            min_max: scalar::min_max,
+            count_at_least: scalar::count_at_least,
+            dot: scalar::dot,
+        }
     })
 }
 
@@ -333,6 +386,12 @@ pub fn max_index(x: &[f32]) -> (f32, usize) {
 #[inline]
 pub fn min_max(x: &[f32]) -> (f32, f32) {
     (kernels().min_max)(x)
+}
+
+/// How many elements of `x` are `>= t` (NaNs count, as not below `t`).
+#[inline]
+pub fn count_at_least(x: &[f32], t: f32) -> usize {
+    (kernels().count_at_least)(x, t)
 }
 
 /// `a . b` over the shorter length.
@@ -394,8 +453,7 @@ mod tests {
                 }
                 // Exactly `ROWS * cap` outputs and query rows of exactly `rows`.
                 let mut many = vec![0.0; ROWS * cap];
-                let qs: Vec<Vec<f32>> =
-                    (0..ROWS).map(|j| q.iter().map(|x| x * (j as f32 + 1.0)).collect()).collect();
+                let qs: Vec<Vec<f32>> = (0..ROWS).map(|j| q.iter().map(|x| x * (j as f32 + 1.0)).collect()).collect();
                 let (mut mx, mut mx_scalar) = ([0.0; ROWS], [0.0; ROWS]);
                 scan_cell_rows(std::array::from_fn(|j| &qs[j][..]), &soa, rows, cap, &mut many, &mut mx);
                 let mut many_scalar = vec![0.0; ROWS * cap];
@@ -465,6 +523,11 @@ mod tests {
             let hi = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             assert_eq!(min_max(&x), (lo, hi), "n {n}");
             assert_eq!(scalar::min_max(&x), (lo, hi));
+            for t in [-9.0, -8.0, 0.0, 0.5, 8.0, 9.0] {
+                let want = x.iter().filter(|&&v| v >= t).count();
+                assert_eq!(count_at_least(&x, t), want, "n {n} t {t}");
+                assert_eq!(scalar::count_at_least(&x, t), want);
+            }
         }
         let with_nan = [f32::NAN, 1.0, f32::NAN, 3.0, 3.0];
         assert_eq!(scalar::max_index(&with_nan), (3.0, 3));
