@@ -211,7 +211,9 @@ impl KnnParams {
     /// Parents kept among `candidates` of one level: the field of view, or the
     /// `query_prop_field_of_view` fraction of them when that is more.
     pub fn query_fov_for(&self, candidates: usize) -> usize {
-        let prop = (self.query_prop_field_of_view as f64 * candidates as f64).ceil();
+        // A hair below the product before `ceil`: `0.2f32` is a little above 0.2,
+        // and 0.2 of 320 candidates should keep 64, not 65.
+        let prop = (self.query_prop_field_of_view as f64 * candidates as f64 * (1.0 - 1e-6)).ceil();
         self.query_fov().max(prop.min(usize::MAX as f64) as usize)
     }
 }
