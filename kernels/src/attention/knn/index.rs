@@ -25,9 +25,13 @@
 //!   are `want` candidates and either `num_projs_to_visit` projections were visited
 //!   or `num_points_to_retrieve` candidates found.
 //! - **Query** (1.3, `cumu = true`). Search the root, keep the best `field_of_view`
-//!   parents (more if their subtrees hold fewer than `k` keys), search their cells,
+//!   parents (more if their subtrees hold fewer than `k` keys, and at least
+//!   `query_prop_field_of_view` of the candidates when set), search their cells,
 //!   keep the best `field_of_view` again, ..., and at the finest level keep the best
-//!   `k`. Every key whose exact score was computed competes for the final top `k`
+//!   `k`. Finest-level cells are scored whole whatever their size (ours: for a
+//!   cell above `CLOSEST` IceFormer stops after `query_prop_to_retrieve` = 80% of
+//!   it; scoring all of it is a superset, never worse, and a scan is far cheaper
+//!   than the projection walk; keys with very different norms make such cells). Every key whose exact score was computed competes for the final top `k`
 //!   (IceFormer merges the expanded parents; scoring every scanned key is a
 //!   superset, never worse, at no extra cost). [`KnnIndex::query_batch`] runs the
 //!   same search for a block of queries: upper levels scored by one GEMM, the finest
@@ -246,24 +250,27 @@ fn heap_offer(ids: &mut [u32], dots: &mut [f32], len: &mut u32, id: u32, dot: f3
     }
 }
 
-/// Offers a cell's scores `sc` (of the keys `ids`, at most [`CLOSEST`]) to one row's
-/// heap and returns the heap's new bar. A branch-free pass keeps the positions
+/// Offers a cell's scores `sc` (of the keys `ids`) to one row's heap and returns
+/// the heap's new bar. Per [`CLOSEST`] keys, a branch-free pass keeps the positions
 /// above the bar (most keys of a cell are below it); only those touch the heap.
 #[inline(always)]
 fn offer_cell(heap_ids: &mut [u32], heap_dots: &mut [f32], len: &mut u32, ids: &[u32], sc: &[f32], vis: usize) -> f32 {
-    let n = ids.len().min(sc.len()).min(CLOSEST);
-    let bar = heap_bar(heap_dots, *len);
+    let n = ids.len().min(sc.len());
     let mut pass = [0u8; CLOSEST];
-    let mut w = 0;
-    for (i, &x) in sc[..n].iter().enumerate() {
-        pass[w] = i as u8;
-        // NaN passes, as `heap_offer` would take it into a filling heap.
-        w += ((x > bar) | x.is_nan()) as usize;
-    }
-    for &i in &pass[..w] {
-        let (id, x) = (ids[i as usize], sc[i as usize]);
-        if (id as usize) < vis {
-            heap_offer(heap_ids, heap_dots, len, id, x);
+    for start in (0..n).step_by(CLOSEST) {
+        let (ids, sc) = (&ids[start..n.min(start + CLOSEST)], &sc[start..n.min(start + CLOSEST)]);
+        let bar = heap_bar(heap_dots, *len);
+        let mut w = 0;
+        for (i, &x) in sc.iter().enumerate() {
+            pass[w] = i as u8;
+            // NaN passes, as `heap_offer` would take it into a filling heap.
+            w += ((x > bar) | x.is_nan()) as usize;
+        }
+        for &i in &pass[..w] {
+            let (id, x) = (ids[i as usize], sc[i as usize]);
+            if (id as usize) < vis {
+                heap_offer(heap_ids, heap_dots, len, id, x);
+            }
         }
     }
     heap_bar(heap_dots, *len)
@@ -616,12 +623,14 @@ impl KnnIndex {
         found
     }
 
-    /// True when the prioritized search may visit `cell`: it is bigger than
-    /// [`CLOSEST`] (queries and the construction scan score smaller cells in one
-    /// pass), or it holds keys above level 0 and construction uses the search.
+    /// True when the prioritized search may visit `cell`: it holds keys above level
+    /// 0 and is bigger than [`CLOSEST`] (smaller ones are scored in one pass), or
+    /// construction uses the search.
     fn needs_sorted(&self, cell: usize) -> bool {
+        // Finest cells are always scanned whole by queries, and construction never
+        // searches them (parents live above level 0).
         let c = &self.cells[cell];
-        c.len() > CLOSEST || (!self.params.construction_scan && c.child_level > 0)
+        c.child_level > 0 && (c.len() > CLOSEST || !self.params.construction_scan)
     }
 
     /// Trims every cell's capacity and builds the sorted projection lists of every
@@ -981,8 +990,10 @@ impl KnnIndex {
                     continue;
                 }
                 let c = &self.cells[cell as usize];
-                if level == 0 && c.len() <= CLOSEST {
-                    // Finest level: straight into the top k, no candidate list.
+                if level == 0 {
+                    // Finest level: every child scored, straight into the top k (for
+                    // a cell above CLOSEST a superset of the prioritized search's
+                    // >= query_prop_to_retrieve of it; see the module doc).
                     s.scores.resize(c.cap, 0.0);
                     scan_cell(&s.qa, &c.soa, self.d, c.cap, &mut s.scores);
                     out.scored += c.len();
@@ -1014,9 +1025,10 @@ impl KnnIndex {
     /// in L2), each in three passes: (1) per row, the descent through the upper
     /// levels on the GEMM scores (a level expanded whole is one contiguous block of
     /// scores, selected without gathering); (2) cell by cell, [`ROWS`] rows at a time
-    /// scored by [`scan_cell_rows`] into per-row heaps; (3) per row, big cells by the
-    /// prioritized search, then `each`. A row's offers come in the same order
-    /// whatever the block, so results do not depend on the blocking.
+    /// scored by [`scan_cell_rows`] into per-row heaps (every cell whole, see the
+    /// module doc); (3) per row, the final order, then `each`. A row's offers come
+    /// in the same order whatever the block, so results do not depend on the
+    /// blocking.
     pub fn query_batch(
         &self,
         q: Rows<'_>,
@@ -1146,17 +1158,14 @@ impl KnnIndex {
                 if cell != NONE {
                     bs.pairs[bs.fill[cell as usize] as usize] = r as u32;
                     bs.fill[cell as usize] += 1;
-                    let n = self.cells[cell as usize].len();
-                    if n <= CLOSEST {
-                        bs.saved_scored[r] += n as u32;
-                    }
+                    bs.saved_scored[r] += self.cells[cell as usize].len() as u32;
                 }
             }
         }
         for cell in 0..ncells {
             let c = &self.cells[cell];
             let rows = &bs.pairs[bs.cell_start[cell] as usize..bs.cell_start[cell + 1] as usize];
-            if rows.is_empty() || c.len() > CLOSEST {
+            if rows.is_empty() {
                 continue;
             }
             s.scores.resize(ROWS * c.cap, 0.0);
@@ -1190,23 +1199,6 @@ impl KnnIndex {
                 k,
                 bs.saved_scored[r] as usize,
             );
-            // Cells too big to scan run the prioritized search, row by row.
-            cand.clear();
-            let mut big = false;
-            for &p in &bs.expand[bs.expand_at[r] as usize..bs.expand_at[r + 1] as usize] {
-                let cell = self.cell_of[p as usize];
-                if cell != NONE && self.cells[cell as usize].len() > CLOSEST {
-                    if !big {
-                        s.qa.clear();
-                        s.qa.extend_from_slice(q.row(r));
-                        s.qa.push(0.0);
-                        s.qproj_ready = false;
-                        big = true;
-                    }
-                    self.search_cell(cell as usize, Mode::Query, k, s, &mut cand);
-                }
-            }
-            top.offer(&cand, vis);
             top.finish();
             each(r, top);
         }
