@@ -6,7 +6,9 @@
 //!
 //!     cargo run --release -p floe-kernels --example knn_report -- [L,L,...] [key=value,...]
 //!
-//! e.g. `-- 1024,4096 k=20,construction_scan=true`. d = 64, S = L, non-causal. Times
+//! e.g. `-- 1024,4096 k=20,construction_scan=true`, or `-- 4096 preset=recommended`
+//! (`KnnParams::recommended()`, the figures of docs/attention.md; the default is
+//! IceFormer's parameters). d = 64, S = L, non-causal. Times
 //! are on-CPU time of the thread (the machine may be shared), median of a few runs.
 //! `KNN_ONLY=1` skips timing `attention_head`; `KNN_WORKLOADS=peaked,random` picks
 //! workloads; `KNN_PROFILE=1` splits build and queries.
