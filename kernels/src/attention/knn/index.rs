@@ -1650,7 +1650,7 @@ mod tests {
     }
 
     #[test]
-    fn histogram_selection_picks_the_best_by_score_then_smaller_id() {
+    fn whole_level_selection_picks_the_best_by_score_then_smaller_id() {
         let (n, d) = (2000, 8);
         let keys = random_keys(n, d, 31);
         let p = KnnParams { construction_scan: true, ..Default::default() };
