@@ -13,7 +13,9 @@
 //!     cargo bench -p floe-kernels --bench attention [-- filter]
 //!
 //! `KNN_PARAMS="k=20,construction_scan=true"` overrides the k-NN parameters (default:
-//! IceFormer's). `examples/knn_report.rs` prints the same table without criterion.
+//! IceFormer's); `KNN_PARAMS=preset=recommended` runs `KnnParams::recommended()`, the
+//! preset docs/attention.md reports figures for. `examples/knn_report.rs` prints the
+//! same table without criterion.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use floe_kernels::attention::exact::{attention_head, HeadParams};

@@ -6,9 +6,12 @@
 //!
 //!     cargo run --release -p floe-kernels --example knn_report -- [L,L,...] [key=value,...]
 //!
-//! e.g. `-- 1024,4096 k=20,construction_scan=true`. d = 64, S = L, non-causal. Times
+//! e.g. `-- 1024,4096 k=20,construction_scan=true`, or `-- 4096 preset=recommended`
+//! (`KnnParams::recommended()`, the figures of docs/attention.md; the default is
+//! IceFormer's parameters). d = 64, S = L, non-causal. Times
 //! are on-CPU time of the thread (the machine may be shared), median of a few runs.
-//! `KNN_ONLY=1` skips timing `attention_head`; `KNN_PROFILE=1` splits build and queries.
+//! `KNN_ONLY=1` skips timing `attention_head`; `KNN_WORKLOADS=peaked,random` picks
+//! workloads; `KNN_PROFILE=1` splits build and queries.
 
 use floe_kernels::attention::exact::{attention_head, HeadParams};
 use floe_kernels::attention::knn::{knn_attention_group, KnnParams, KnnStats};
@@ -64,7 +67,11 @@ fn main() {
     println!(
         "workload |     L | exact ms | unfused ms |  knn ms | build ms | vs exact | vs unfused | scored/q | recall@k |  mass  | rel err | cosine"
     );
+    let only = std::env::var("KNN_WORKLOADS").ok();
     for (name, gen) in [("random", random as fn(usize, usize, u64) -> _), ("peaked", peaked), ("peaked1", peaked_one)] {
+        if only.as_deref().is_some_and(|w| !w.split(',').any(|x| x == name)) {
+            continue;
+        }
         for &l in &lens {
             let (q, k, v) = gen(l, d, 1);
             let reps = if l >= 8192 { 3 } else { 5 };
@@ -73,27 +80,31 @@ fn main() {
             // `Q K^T` for 512 query rows at a time, softmax per row, sgemm `P V`.
             let mut exact = vec![0.0; l * d];
             let mut scores = vec![0.0; 512 * l];
-            let t_unfused = median_ms(
-                || {
-                    for r0 in (0..l).step_by(512) {
-                        let rows = 512.min(l - r0);
-                        let sc = &mut scores[..rows * l];
-                        let qb = MatRef::new(&q[r0 * d..(r0 + rows) * d], rows, d);
-                        gemm::sgemm(scale, qb, MatRef::new(&k, l, d).t(), 0.0, sc);
-                        sc.chunks_mut(l).for_each(floe_kernels::softmax::softmax_f32);
-                        gemm::sgemm(
-                            1.0,
-                            MatRef::new(sc, rows, l),
-                            MatRef::new(&v, l, d),
-                            0.0,
-                            &mut exact[r0 * d..(r0 + rows) * d],
-                        );
-                    }
-                },
-                reps,
-            );
-            // `attention_head` (the tiled kernel once merged); once only for big L.
             let skip = std::env::var_os("KNN_ONLY").is_some();
+            let mut unfused = || {
+                for r0 in (0..l).step_by(512) {
+                    let rows = 512.min(l - r0);
+                    let sc = &mut scores[..rows * l];
+                    let qb = MatRef::new(&q[r0 * d..(r0 + rows) * d], rows, d);
+                    gemm::sgemm(scale, qb, MatRef::new(&k, l, d).t(), 0.0, sc);
+                    sc.chunks_mut(l).for_each(floe_kernels::softmax::softmax_f32);
+                    gemm::sgemm(
+                        1.0,
+                        MatRef::new(sc, rows, l),
+                        MatRef::new(&v, l, d),
+                        0.0,
+                        &mut exact[r0 * d..(r0 + rows) * d],
+                    );
+                }
+            };
+            // KNN_ONLY: the exact output only, untimed.
+            let t_unfused = if skip {
+                unfused();
+                f64::NAN
+            } else {
+                median_ms(unfused, reps)
+            };
+            // `attention_head` (the tiled kernel once merged); once only for big L.
             let hp = HeadParams { scale, softcap: 0.0, visibility: Visibility::all(l) };
             let mut o = vec![0.0; l * d];
             let t_exact = if skip {

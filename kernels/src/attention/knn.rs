@@ -28,7 +28,7 @@ mod index;
 mod params;
 mod simd;
 
-pub use index::{KnnIndex, CLOSEST};
+pub use index::{KnnIndex, CLOSEST, QUERY_BLOCK};
 pub use params::KnnParams;
 
 use super::{Rows, Visibility};
@@ -160,6 +160,18 @@ impl TopK {
         }
     }
 
+    /// Fills an empty list from at most `k` keys sorted by ascending dot (an
+    /// ascending array is a min-heap, the order `push` keeps).
+    fn load_sorted_ascending(&mut self, keys: &[(f32, u32)], k: usize, scored: usize) {
+        self.reset(k);
+        self.ids.extend(keys.iter().map(|e| e.1));
+        self.dots.extend(keys.iter().map(|e| e.0));
+        self.scored = scored;
+        if self.ids.len() == k && k > 0 {
+            self.min_val = self.dots[0];
+        }
+    }
+
     /// Sorts the kept keys by dot, descending (ties by id).
     fn finish(&mut self) {
         self.order.clear();
@@ -201,13 +213,11 @@ fn attend(top: &TopK, scale: f32, v: &Rows<'_>, out: &mut [f32], w: &mut Vec<f32
     if top.is_empty() {
         return;
     }
-    let m = top.dots()[0];
     w.clear();
-    w.extend(top.dots().iter().map(|&x| ((x - m) * scale).exp()));
-    let total: f32 = w.iter().sum();
-    let inv = 1.0 / total;
-    for (&id, &wj) in top.ids().iter().zip(w.iter()) {
-        let a = wj * inv;
+    w.extend(top.dots().iter().map(|&x| x * scale));
+    // The vectorized softmax (max-subtracted, as section 1.1 asks).
+    crate::vecmath::selected().softmax_row(w);
+    for (&id, &a) in top.ids().iter().zip(w.iter()) {
         for (o, &x) in out.iter_mut().zip(v.row(id as usize)) {
             *o += a * x;
         }
@@ -305,12 +315,17 @@ pub fn knn_attention_group(
                 } else {
                     block
                 };
+                // Counted locally, added to the shared counters once per task.
+                let mut count = [0u64; 3];
                 index.query_batch(block, valid, kk, &mut top, |r, top| {
-                    counters[0].fetch_add(1, Ordering::Relaxed);
-                    counters[1].fetch_add(top.scored() as u64, Ordering::Relaxed);
-                    counters[2].fetch_add(top.len() as u64, Ordering::Relaxed);
+                    count[0] += 1;
+                    count[1] += top.scored() as u64;
+                    count[2] += top.len() as u64;
                     attend(top, scale_abs, &v, &mut slot[r * out_stride..][..dv], &mut w);
                 });
+                for (c, n) in counters.iter().zip(count) {
+                    c.fetch_add(n, Ordering::Relaxed);
+                }
             });
         }
         Some(_) => {

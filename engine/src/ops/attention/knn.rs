@@ -42,6 +42,8 @@ use std::borrow::Cow;
 /// stores): the fields of [`KnnParams`], which stays free of serde in the kernel
 /// crate. The defaults are IceFormer's README values (see [`KnnParams`] for what
 /// each one does); only `seed` is ours, so that runs are reproducible.
+/// `KnnParams::query_prop_field_of_view` is not carried (adding a field changes the
+/// stored layout, so it waits for a format version): a stored node runs with it off.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct KnnConfig {
     pub k: usize,
@@ -99,6 +101,9 @@ impl KnnConfig {
             num_to_visit: self.num_to_visit,
             prop_to_visit: self.prop_to_visit,
             seed: self.seed,
+            // Not stored (the .floe layout of this struct predates it): off, as
+            // IceFormer. Carrying it needs a format version.
+            query_prop_field_of_view: 0.0,
         }
     }
 }

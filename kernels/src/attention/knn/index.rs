@@ -25,9 +25,13 @@
 //!   are `want` candidates and either `num_projs_to_visit` projections were visited
 //!   or `num_points_to_retrieve` candidates found.
 //! - **Query** (1.3, `cumu = true`). Search the root, keep the best `field_of_view`
-//!   parents (more if their subtrees hold fewer than `k` keys), search their cells,
+//!   parents (more if their subtrees hold fewer than `k` keys, and at least
+//!   `query_prop_field_of_view` of the candidates when set), search their cells,
 //!   keep the best `field_of_view` again, ..., and at the finest level keep the best
-//!   `k`. Every key whose exact score was computed competes for the final top `k`
+//!   `k`. Finest-level cells are scored whole whatever their size (ours: for a
+//!   cell above `CLOSEST` IceFormer stops after `query_prop_to_retrieve` = 80% of
+//!   it; scoring all of it is a superset, never worse, and a scan is far cheaper
+//!   than the projection walk; keys with very different norms make such cells). Every key whose exact score was computed competes for the final top `k`
 //!   (IceFormer merges the expanded parents; scoring every scanned key is a
 //!   superset, never worse, at no extra cost). [`KnnIndex::query_batch`] runs the
 //!   same search for a block of queries: upper levels scored by one GEMM, the finest
@@ -49,7 +53,7 @@
 //!   functions of the key set and the bound.
 
 use super::params::KnnParams;
-use super::simd::{dot, scan_cell, scan_cell4, SplitMix64, BLOCK};
+use super::simd::{count_at_least, dot, max_index, min_max, scan_cell, scan_cell_rows, SplitMix64, BLOCK, ROWS};
 use super::TopK;
 use crate::attention::Rows;
 use crate::gemm::{self, MatRef};
@@ -58,6 +62,10 @@ use std::cmp::Ordering;
 /// Ids pulled per step from a simple index in IceFormer (`CLOSEST`): cells up to this
 /// size are scored exhaustively (see the module doc).
 pub const CLOSEST: usize = 128;
+
+/// Query rows per block of [`KnnIndex::query_batch`]: their heaps (`k` ids and dots
+/// each), rows and upper-level scores stay in L2 while the block's cells stream by.
+pub const QUERY_BLOCK: usize = 256;
 
 /// Squared-norm headroom when a key above the bound forces a rebuild.
 const REBUILD_HEADROOM: f32 = 1.25;
@@ -73,8 +81,11 @@ struct Cell {
     /// `(d + 1) x cap`, row-major: row `c < d` holds coordinate `c` of each child,
     /// row `d` the augmentation `a_k`; unused columns are zero.
     soa: Vec<f32>,
-    /// Per simple index, the children as `(projection, local index)` sorted by projection.
+    /// Per simple index, the children as `(projection, local index)` sorted by
+    /// projection; empty for a cell that is only ever scanned (built on demand).
     sorted: Vec<Vec<(f32, u32)>>,
+    /// Level of the children (the parent's level minus one; the root's: the top).
+    child_level: u8,
 }
 
 impl Cell {
@@ -82,11 +93,14 @@ impl Cell {
         self.ids.len()
     }
 
+    /// Appends a child. Its sorted projection lists are kept up to date only when
+    /// they exist (see [`Cell::sort_projections`]).
     fn push(&mut self, id: u32, key: &[f32], aug: f32, proj: &[f32]) {
         let rows = key.len() + 1;
         let local = self.ids.len();
         if local == self.cap {
-            let cap = self.cap + BLOCK;
+            // Doubling (in whole blocks) keeps bulk filling linear.
+            let cap = (2 * self.cap).max(BLOCK);
             let mut soa = vec![0.0; rows * cap];
             for r in 0..rows {
                 soa[r * cap..r * cap + self.cap].copy_from_slice(&self.soa[r * self.cap..(r + 1) * self.cap]);
@@ -98,13 +112,38 @@ impl Cell {
             self.soa[r * self.cap + local] = *x;
         }
         self.ids.push(id);
-        if self.sorted.len() < proj.len() {
-            self.sorted.resize(proj.len(), Vec::new());
-        }
         for (list, &p) in self.sorted.iter_mut().zip(proj) {
             let at = list.partition_point(|e| e.0 < p || (e.0 == p && e.1 < local as u32));
             list.insert(at, (p, local as u32));
         }
+    }
+
+    /// Trims the column capacity to the children rounded up to [`BLOCK`] (after a bulk
+    /// fill, so scans do not pay for the growth slack).
+    fn trim(&mut self, rows: usize) {
+        let cap = self.len().div_ceil(BLOCK) * BLOCK;
+        if cap < self.cap {
+            let mut soa = vec![0.0; rows * cap];
+            for r in 0..rows {
+                soa[r * cap..(r + 1) * cap].copy_from_slice(&self.soa[r * self.cap..r * self.cap + cap]);
+            }
+            self.soa = soa;
+            self.cap = cap;
+        }
+    }
+
+    /// Builds the per-simple-index lists (one sort each) from the children's
+    /// projections `kproj` (`nidx` per key). Only cells that the prioritized search
+    /// may visit need them (see [`KnnIndex::needs_sorted`]).
+    fn sort_projections(&mut self, kproj: &[f32], nidx: usize) {
+        self.sorted = (0..nidx)
+            .map(|i| {
+                let mut list: Vec<(f32, u32)> =
+                    self.ids.iter().enumerate().map(|(l, &id)| (kproj[id as usize * nidx + i], l as u32)).collect();
+                list.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                list
+            })
+            .collect();
     }
 
     /// Removes local child `local` (the last child takes its place).
@@ -143,6 +182,11 @@ pub(super) struct Scratch {
     priority: Vec<f32>,
     counts: Vec<u32>,
     checked: Vec<bool>,
+    /// The selected positions of [`KnnIndex::select_block`].
+    selected: Vec<u32>,
+    /// Upper-level keys offered by [`KnnIndex::select_block`], kept by
+    /// [`KnnIndex::keep_upper`].
+    upper: Vec<(f32, u32)>,
     batch: BatchScratch,
 }
 
@@ -154,6 +198,9 @@ struct BatchScratch {
     saved_dots: Vec<f32>,
     saved_len: Vec<u32>,
     saved_scored: Vec<u32>,
+    /// Each row's heap bar (see [`heap_bar`]), kept apart so rows are skipped
+    /// without reading their heaps.
+    bars: Vec<f32>,
     expand: Vec<u32>,
     expand_at: Vec<u32>,
     /// Rows expanding each cell (counting sort by cell): `pairs[cell_start[c]..cell_start[c + 1]]`.
@@ -203,6 +250,42 @@ fn heap_offer(ids: &mut [u32], dots: &mut [f32], len: &mut u32, id: u32, dot: f3
     }
 }
 
+/// Offers a cell's scores `sc` (of the keys `ids`) to one row's heap and returns
+/// the heap's new bar. Per [`CLOSEST`] keys, a branch-free pass keeps the positions
+/// above the bar (most keys of a cell are below it); only those touch the heap.
+#[inline(always)]
+fn offer_cell(heap_ids: &mut [u32], heap_dots: &mut [f32], len: &mut u32, ids: &[u32], sc: &[f32], vis: usize) -> f32 {
+    let n = ids.len().min(sc.len());
+    let mut pass = [0u8; CLOSEST];
+    for start in (0..n).step_by(CLOSEST) {
+        let (ids, sc) = (&ids[start..n.min(start + CLOSEST)], &sc[start..n.min(start + CLOSEST)]);
+        let bar = heap_bar(heap_dots, *len);
+        let mut w = 0;
+        for (i, &x) in sc.iter().enumerate() {
+            pass[w] = i as u8;
+            // NaN passes, as `heap_offer` would take it into a filling heap.
+            w += ((x > bar) | x.is_nan()) as usize;
+        }
+        for &i in &pass[..w] {
+            let (id, x) = (ids[i as usize], sc[i as usize]);
+            if (id as usize) < vis {
+                heap_offer(heap_ids, heap_dots, len, id, x);
+            }
+        }
+    }
+    heap_bar(heap_dots, *len)
+}
+
+/// The score a key must beat to enter a heap of capacity `dots.len()` holding `len`.
+#[inline(always)]
+fn heap_bar(dots: &[f32], len: u32) -> f32 {
+    if len as usize == dots.len() {
+        dots[0]
+    } else {
+        f32::NEG_INFINITY
+    }
+}
+
 /// What a cell search ranks by.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -242,6 +325,10 @@ pub struct KnnIndex {
     upper_keys: Vec<f32>,
     /// Position of each key in `upper_ids` (`NONE` on level 0).
     upper_pos: Vec<u32>,
+    /// When `upper_by_level` (a bulk build, before any insertion above level 0):
+    /// level `h >= 1` occupies `upper_ids[level_start[h]..level_start[h - 1]]`.
+    level_start: Vec<u32>,
+    upper_by_level: bool,
     num_levels: usize,
     /// Promotion ratio of incremental insertion.
     ratio: usize,
@@ -310,11 +397,13 @@ impl KnnIndex {
             parent_dist: vec![0.0; n],
             cell_of: vec![NONE; n],
             subtree: vec![1; n],
-            cells: vec![Cell::default()],
+            cells: vec![Cell { child_level: (params.levels.max(1) - 1) as u8, ..Default::default() }],
             by_level: Vec::new(),
             upper_ids: Vec::new(),
             upper_keys: Vec::new(),
             upper_pos: vec![NONE; n],
+            level_start: Vec::new(),
+            upper_by_level: false,
             num_levels: params.levels.max(1),
             ratio,
         };
@@ -361,47 +450,197 @@ impl KnnIndex {
         for (i, &l) in lv.iter().enumerate() {
             self.level[i] = l;
             self.by_level[l as usize].push(i as u32);
-            if l > 0 {
-                self.add_upper(i as u32);
+        }
+        // Keys above level 0 in level order (top first, ids ascending within a level),
+        // so each level is one contiguous block of `upper_keys`.
+        self.level_start = vec![0; levels + 1];
+        for h in (1..levels).rev() {
+            self.level_start[h] = self.upper_ids.len() as u32;
+            for i in 0..self.by_level[h].len() {
+                self.add_upper(self.by_level[h][i]);
             }
         }
+        self.level_start[0] = self.upper_ids.len() as u32;
+        self.level_start[levels] = self.level_start[levels - 1];
+        self.upper_by_level = true;
         for i in 0..self.by_level[top].len() {
             let id = self.by_level[top][i];
-            self.attach(id, NONE, 0.0);
+            self.attach_raw(id, NONE, 0.0);
         }
+        self.sort_cells();
         for l in (0..top).rev() {
             let members = self.by_level[l].clone();
-            let mut found = vec![(NONE, 0.0f32); members.len()];
-            let chunk = 64;
-            let parts: Vec<std::sync::Mutex<&mut [(u32, f32)]>> =
-                found.chunks_mut(chunk).map(std::sync::Mutex::new).collect();
-            let this = &*self;
-            // With `construction_scan`, every candidate parent of a chunk of keys is
-            // scored at once: one GEMM against the keys above level 0.
-            let batched = this.params.construction_scan && !this.upper_ids.is_empty();
-            crate::parallel::for_each_index(parts.len(), &|c| {
-                let mut s = Scratch::default();
-                let mut slot = parts[c].lock().unwrap_or_else(|e| e.into_inner());
-                if batched {
-                    let (u, d) = (this.upper_ids.len(), this.d);
-                    let ids = &members[c * chunk..c * chunk + slot.len()];
-                    let mut rows = Vec::with_capacity(ids.len() * d);
-                    ids.iter().for_each(|&id| rows.extend_from_slice(this.key(id)));
-                    let mut sc = vec![0.0f32; ids.len() * u];
-                    let km = MatRef::new(&this.upper_keys, u, d).t();
-                    gemm::sgemm(1.0, MatRef::new(&rows, ids.len(), d), km, 0.0, &mut sc);
-                    for (j, out) in slot.iter_mut().enumerate() {
-                        *out = this.find_parent_with(ids[j], l, &mut s, Some(&sc[j * u..(j + 1) * u]));
-                    }
-                } else {
-                    for (j, out) in slot.iter_mut().enumerate() {
-                        *out = this.find_parent(members[c * chunk + j], l, &mut s);
-                    }
+            let found = if self.exact_construction(l) {
+                self.nearest_parents(&members, l + 1)
+            } else {
+                self.searched_parents(&members, l)
+            };
+            self.attach_level(&members, &found);
+            self.sort_cells();
+        }
+    }
+
+    /// [`Self::attach_raw`] for every key of one level at once (same cells, same
+    /// child order): children grouped by cell, each cell grown once and filled row
+    /// by row (sequential writes instead of `d + 1` scattered ones per key).
+    fn attach_level(&mut self, members: &[u32], found: &[(u32, f32)]) {
+        let rows = self.d + 1;
+        let cell_ids: Vec<u32> =
+            found.iter().map(|&(p, _)| if p == NONE { 0 } else { self.cell_for(p) as u32 }).collect();
+        // Counting sort by cell (stable: ids ascend within a cell, as one by one).
+        let ncells = self.cells.len();
+        let mut start = vec![0u32; ncells + 1];
+        cell_ids.iter().for_each(|&c| start[c as usize + 1] += 1);
+        for i in 0..ncells {
+            start[i + 1] += start[i];
+        }
+        let mut fill = start[..ncells].to_vec();
+        let mut order = vec![0u32; members.len()];
+        for (i, &c) in cell_ids.iter().enumerate() {
+            order[fill[c as usize] as usize] = i as u32;
+            fill[c as usize] += 1;
+        }
+        for cell in 0..ncells {
+            let kids = &order[start[cell] as usize..start[cell + 1] as usize];
+            if kids.is_empty() {
+                continue;
+            }
+            let c = &mut self.cells[cell];
+            let (old, new) = (c.len(), c.len() + kids.len());
+            let cap = new.div_ceil(BLOCK) * BLOCK;
+            if cap > c.cap {
+                let mut soa = vec![0.0; rows * cap];
+                for r in 0..rows {
+                    soa[r * cap..r * cap + old].copy_from_slice(&c.soa[r * c.cap..r * c.cap + old]);
                 }
-            });
-            drop(parts);
-            for (id, (p, dist)) in members.iter().zip(found) {
-                self.attach(*id, p, dist);
+                c.soa = soa;
+                c.cap = cap;
+            }
+            let (d, cap) = (self.d, c.cap);
+            for r in 0..rows {
+                let dst = &mut c.soa[r * cap + old..r * cap + new];
+                for (x, &i) in dst.iter_mut().zip(kids) {
+                    let id = members[i as usize] as usize;
+                    *x = if r < d { self.keys[id * d + r] } else { self.aug[id] };
+                }
+            }
+            c.ids.extend(kids.iter().map(|&i| members[i as usize]));
+            // Rebuilt by `sort_cells` if the cell needs them.
+            c.sorted.clear();
+        }
+        for (&id, &(parent, dist)) in members.iter().zip(found) {
+            self.parent[id as usize] = parent;
+            self.parent_dist[id as usize] = dist;
+            let add = self.subtree[id as usize];
+            let mut p = parent;
+            while p != NONE {
+                self.subtree[p as usize] += add;
+                p = self.parent[p as usize];
+            }
+        }
+    }
+
+    /// True when a construction search for a key of `level` visits every key of
+    /// `level + 1`: with the construction scan, a field of view at least as large as
+    /// every level above `level + 1` expands all their cells, so the search is an
+    /// exhaustive one and [`Self::nearest_parents`] computes the same result directly.
+    fn exact_construction(&self, level: usize) -> bool {
+        let fov = self.params.construction_field_of_view.max(1);
+        self.params.construction_scan
+            && self.upper_by_level
+            && (level + 2..self.num_levels).all(|h| fov >= self.by_level[h].len())
+    }
+
+    /// For each key of `members`, its nearest key on `parent_level` (smallest
+    /// transformed distance, ties to the smaller id): one GEMM per chunk of keys
+    /// against that level's block of `upper_keys`, then an argmax per row.
+    fn nearest_parents(&self, members: &[u32], parent_level: usize) -> Vec<(u32, f32)> {
+        let (a, b) = (self.level_start[parent_level] as usize, self.level_start[parent_level - 1] as usize);
+        let (u, d, m2) = (b - a, self.d, self.max_norm_sq);
+        let mut found = vec![(NONE, 0.0f32); members.len()];
+        if u == 0 {
+            return found;
+        }
+        // Chunks of scores stay in L2; chunks run in parallel when a pool is given.
+        const CHUNK: usize = 256;
+        let parts: Vec<std::sync::Mutex<&mut [(u32, f32)]>> =
+            found.chunks_mut(CHUNK).map(std::sync::Mutex::new).collect();
+        let pids = &self.upper_ids[a..b];
+        let paug: Vec<f32> = pids.iter().map(|&p| self.aug[p as usize]).collect();
+        let km = MatRef::new(&self.upper_keys[a * d..b * d], u, d).t();
+        crate::parallel::for_each_index(parts.len(), &|c| {
+            let mut slot = parts[c].lock().unwrap_or_else(|e| e.into_inner());
+            let ids = &members[c * CHUNK..c * CHUNK + slot.len()];
+            let mut rows = Vec::with_capacity(ids.len() * d);
+            ids.iter().for_each(|&id| rows.extend_from_slice(self.key(id)));
+            let mut sc = vec![0.0f32; ids.len() * u];
+            gemm::sgemm(1.0, MatRef::new(&rows, ids.len(), d), km, 0.0, &mut sc);
+            for (j, out) in slot.iter_mut().enumerate() {
+                let ax = self.aug[ids[j] as usize];
+                // Same expression as the construction search's scores (minus the
+                // transformed distance), so the pick is the same as its for finite
+                // scores: the first of equal scores wins, and ids ascend.
+                let row = &mut sc[j * u..(j + 1) * u];
+                row.iter_mut().zip(&paug).for_each(|(x, &ap)| *x = *x + ax * ap - m2);
+                let (best, at) = max_index(row);
+                *out = (pids[at], -best);
+            }
+        });
+        found
+    }
+
+    /// Parents of `members` (keys of `level`) by the construction search, in
+    /// parallel chunks (IceFormer's construct_new_tree).
+    fn searched_parents(&self, members: &[u32], l: usize) -> Vec<(u32, f32)> {
+        let mut found = vec![(NONE, 0.0f32); members.len()];
+        let chunk = 64;
+        let parts: Vec<std::sync::Mutex<&mut [(u32, f32)]>> =
+            found.chunks_mut(chunk).map(std::sync::Mutex::new).collect();
+        let this = self;
+        // With `construction_scan`, every candidate parent of a chunk of keys is
+        // scored at once: one GEMM against the keys above level 0.
+        let batched = this.params.construction_scan && !this.upper_ids.is_empty();
+        crate::parallel::for_each_index(parts.len(), &|c| {
+            let mut s = Scratch::default();
+            let mut slot = parts[c].lock().unwrap_or_else(|e| e.into_inner());
+            if batched {
+                let (u, d) = (this.upper_ids.len(), this.d);
+                let ids = &members[c * chunk..c * chunk + slot.len()];
+                let mut rows = Vec::with_capacity(ids.len() * d);
+                ids.iter().for_each(|&id| rows.extend_from_slice(this.key(id)));
+                let mut sc = vec![0.0f32; ids.len() * u];
+                let km = MatRef::new(&this.upper_keys, u, d).t();
+                gemm::sgemm(1.0, MatRef::new(&rows, ids.len(), d), km, 0.0, &mut sc);
+                for (j, out) in slot.iter_mut().enumerate() {
+                    *out = this.find_parent_with(ids[j], l, &mut s, Some(&sc[j * u..(j + 1) * u]));
+                }
+            } else {
+                for (j, out) in slot.iter_mut().enumerate() {
+                    *out = this.find_parent(members[c * chunk + j], l, &mut s);
+                }
+            }
+        });
+        found
+    }
+
+    /// True when the prioritized search may visit `cell`: it holds keys above level
+    /// 0 and is bigger than [`CLOSEST`] (smaller ones are scored in one pass), or
+    /// construction uses the search.
+    fn needs_sorted(&self, cell: usize) -> bool {
+        // Finest cells are always scanned whole by queries, and construction never
+        // searches them (parents live above level 0).
+        let c = &self.cells[cell];
+        c.child_level > 0 && (c.len() > CLOSEST || !self.params.construction_scan)
+    }
+
+    /// Trims every cell's capacity and builds the sorted projection lists of every
+    /// cell that needs them and lacks them (after each level of a bulk build).
+    fn sort_cells(&mut self) {
+        let nidx = self.params.num_indices().max(1);
+        for cell in 0..self.cells.len() {
+            self.cells[cell].trim(self.d + 1);
+            if self.cells[cell].sorted.is_empty() && self.needs_sorted(cell) {
+                self.cells[cell].sort_projections(&self.kproj, nidx);
             }
         }
     }
@@ -453,7 +692,19 @@ impl KnnIndex {
         &self.keys[id as usize * self.d..(id as usize + 1) * self.d]
     }
 
+    /// [`Self::attach_raw`], then the cell's sorted lists if it needs them.
     fn attach(&mut self, id: u32, parent: u32, dist: f32) {
+        self.attach_raw(id, parent, dist);
+        let cell = if parent == NONE { 0 } else { self.cell_of[parent as usize] as usize };
+        if self.cells[cell].sorted.is_empty() && self.needs_sorted(cell) {
+            let nidx = self.params.num_indices().max(1);
+            self.cells[cell].sort_projections(&self.kproj, nidx);
+        }
+    }
+
+    /// Puts key `id` into the cell of `parent` (the root for `NONE`) and updates the
+    /// subtree counts; sorted lists only where they already exist.
+    fn attach_raw(&mut self, id: u32, parent: u32, dist: f32) {
         let cell = if parent == NONE { 0 } else { self.cell_for(parent) };
         self.parent[id as usize] = parent;
         self.parent_dist[id as usize] = dist;
@@ -487,7 +738,8 @@ impl KnnIndex {
     fn cell_for(&mut self, id: u32) -> usize {
         if self.cell_of[id as usize] == NONE {
             self.cell_of[id as usize] = self.cells.len() as u32;
-            self.cells.push(Cell::default());
+            let child_level = self.level[id as usize].saturating_sub(1);
+            self.cells.push(Cell { child_level, ..Default::default() });
         }
         self.cell_of[id as usize] as usize
     }
@@ -728,6 +980,7 @@ impl KnnIndex {
         self.search_cell(0, Mode::Query, root_want, &mut s, &mut cand);
         for level in (0..self.num_levels.saturating_sub(1)).rev() {
             out.offer(&cand, vis);
+            let fov = self.params.query_fov_for(cand.len());
             self.select_expand(&mut cand, fov, k, &mut expand);
             cand.clear();
             let want = if level == 0 { k } else { fov };
@@ -737,8 +990,10 @@ impl KnnIndex {
                     continue;
                 }
                 let c = &self.cells[cell as usize];
-                if level == 0 && c.len() <= CLOSEST {
-                    // Finest level: straight into the top k, no candidate list.
+                if level == 0 {
+                    // Finest level: every child scored, straight into the top k (for
+                    // a cell above CLOSEST a superset of the prioritized search's
+                    // >= query_prop_to_retrieve of it; see the module doc).
                     s.scores.resize(c.cap, 0.0);
                     scan_cell(&s.qa, &c.soa, self.d, c.cap, &mut s.scores);
                     out.scored += c.len();
@@ -765,6 +1020,15 @@ impl KnnIndex {
     /// the same (upper cells are scored exhaustively, as every cell of at most
     /// [`CLOSEST`] keys is). Dots may differ from [`KnnIndex::query`]'s in the last
     /// bits (another summation order), and so may near-ties.
+    ///
+    /// Rows go in blocks of [`QUERY_BLOCK`] (their heaps, rows and upper scores stay
+    /// in L2), each in three passes: (1) per row, the descent through the upper
+    /// levels on the GEMM scores (a level expanded whole is one contiguous block of
+    /// scores, selected without gathering); (2) cell by cell, [`ROWS`] rows at a time
+    /// scored by [`scan_cell_rows`] into per-row heaps (every cell whole, see the
+    /// module doc); (3) per row, the final order, then `each`. A row's offers come
+    /// in the same order whatever the block, so results do not depend on the
+    /// blocking.
     pub fn query_batch(
         &self,
         q: Rows<'_>,
@@ -782,50 +1046,91 @@ impl KnnIndex {
             }
             return;
         }
-        let (b, u, d) = (q.rows, self.upper_ids.len(), self.d);
         let mut s = std::mem::take(&mut top.scratch);
         let mut bs = std::mem::take(&mut s.batch);
-        // Upper-level scores for UPPER_BLOCK rows at a time (kept in L2).
-        const UPPER_BLOCK: usize = 256;
-        bs.scores.resize(UPPER_BLOCK.min(b) * u, 0.0);
-        let fov = self.params.query_fov();
+        for r0 in (0..q.rows).step_by(QUERY_BLOCK) {
+            let block = q.slice_rows(r0..(r0 + QUERY_BLOCK).min(q.rows));
+            self.query_block(block, vis, k, top, &mut s, &mut bs, &mut |r, t| each(r0 + r, t));
+        }
+        s.batch = bs;
+        top.scratch = s;
+    }
+
+    /// One block of [`KnnIndex::query_batch`] (at most [`QUERY_BLOCK`] rows).
+    #[allow(clippy::too_many_arguments)]
+    fn query_block(
+        &self,
+        q: Rows<'_>,
+        vis: usize,
+        k: usize,
+        top: &mut TopK,
+        s: &mut Scratch,
+        bs: &mut BatchScratch,
+        each: &mut dyn FnMut(usize, &TopK),
+    ) {
+        let (b, u, d) = (q.rows, self.upper_ids.len(), self.d);
+        bs.scores.resize(b * u, 0.0);
+        let qm = MatRef { data: q.data, rows: b, cols: d, row_stride: q.stride, col_stride: 1 };
+        gemm::sgemm(1.0, qm, MatRef::new(&self.upper_keys, u, d).t(), 0.0, &mut bs.scores[..b * u]);
         let mut cand = std::mem::take(&mut s.cand);
         let mut expand = std::mem::take(&mut s.expand);
         bs.saved_ids.clear();
+        bs.saved_ids.resize(b * k, 0);
         bs.saved_dots.clear();
+        bs.saved_dots.resize(b * k, 0.0);
         bs.saved_len.clear();
         bs.saved_scored.clear();
+        bs.bars.clear();
         bs.expand.clear();
         bs.expand_at.clear();
+        let top_level = self.num_levels - 1;
         for r in 0..b {
-            if r % UPPER_BLOCK == 0 {
-                let rows = UPPER_BLOCK.min(b - r);
-                let qm = MatRef { data: &q.data[r * q.stride..], rows, cols: d, row_stride: q.stride, col_stride: 1 };
-                gemm::sgemm(1.0, qm, MatRef::new(&self.upper_keys, u, d).t(), 0.0, &mut bs.scores[..rows * u]);
-            }
             top.reset(k);
-            let row = &bs.scores[(r % UPPER_BLOCK) * u..(r % UPPER_BLOCK + 1) * u];
+            s.upper.clear();
+            let row = &bs.scores[r * u..(r + 1) * u];
             let oracle = |id: u32| (row[self.upper_pos[id as usize] as usize], id);
-            cand.clear();
-            cand.extend(self.cells[0].ids.iter().map(|&c| oracle(c)));
-            for _level in (1..self.num_levels - 1).rev() {
-                self.offer_selected(top, &mut cand, fov, k, vis, &mut expand);
+            // `whole`: the candidates are every key of `level` (contiguous scores).
+            let mut whole = self.upper_by_level;
+            if !whole {
                 cand.clear();
-                for &p in &expand {
-                    if self.cell_of[p as usize] != NONE {
-                        cand.extend(self.cells[self.cell_of[p as usize] as usize].ids.iter().map(|&c| oracle(c)));
+                cand.extend(self.cells[0].ids.iter().map(|&c| oracle(c)));
+            }
+            for level in (1..=top_level).rev() {
+                let mut done = false;
+                if whole {
+                    let (a, e) = (self.level_start[level] as usize, self.level_start[level - 1] as usize);
+                    let fov = self.params.query_fov_for(e - a);
+                    done = self.select_block(top, &row[a..e], &self.upper_ids[a..e], fov, k, vis, s, &mut expand);
+                    if !done {
+                        cand.clear();
+                        cand.extend(row[a..e].iter().copied().zip(self.upper_ids[a..e].iter().copied()));
+                    }
+                }
+                if !done {
+                    let fov = self.params.query_fov_for(cand.len());
+                    self.offer_selected(top, &mut cand, fov, k, vis, &mut expand);
+                }
+                if level > 1 {
+                    whole = self.upper_by_level && expand.len() == self.by_level[level].len();
+                    if !whole {
+                        cand.clear();
+                        for &p in &expand {
+                            if self.cell_of[p as usize] != NONE {
+                                let c = &self.cells[self.cell_of[p as usize] as usize];
+                                cand.extend(c.ids.iter().map(|&c| oracle(c)));
+                            }
+                        }
                     }
                 }
             }
-            self.offer_selected(top, &mut cand, fov, k, vis, &mut expand);
+            self.keep_upper(top, s, k);
             bs.expand_at.push(bs.expand.len() as u32);
             bs.expand.extend_from_slice(&expand);
             bs.saved_len.push(top.ids.len() as u32);
             bs.saved_scored.push(top.scored as u32);
-            bs.saved_ids.extend_from_slice(&top.ids);
-            bs.saved_dots.extend_from_slice(&top.dots);
-            bs.saved_ids.resize((r + 1) * k, 0);
-            bs.saved_dots.resize((r + 1) * k, 0.0);
+            bs.saved_ids[r * k..r * k + top.ids.len()].copy_from_slice(&top.ids);
+            bs.saved_dots[r * k..r * k + top.ids.len()].copy_from_slice(&top.dots);
+            bs.bars.push(heap_bar(&bs.saved_dots[r * k..(r + 1) * k], top.ids.len() as u32));
         }
         bs.expand_at.push(bs.expand.len() as u32);
         // Finest level, cell by cell: every row that expands a cell is scored against
@@ -853,30 +1158,35 @@ impl KnnIndex {
                 if cell != NONE {
                     bs.pairs[bs.fill[cell as usize] as usize] = r as u32;
                     bs.fill[cell as usize] += 1;
+                    bs.saved_scored[r] += self.cells[cell as usize].len() as u32;
                 }
             }
         }
         for cell in 0..ncells {
             let c = &self.cells[cell];
             let rows = &bs.pairs[bs.cell_start[cell] as usize..bs.cell_start[cell + 1] as usize];
-            if rows.is_empty() || c.len() > CLOSEST {
+            if rows.is_empty() {
                 continue;
             }
-            s.scores.resize(4 * c.cap, 0.0);
-            for quad in rows.chunks(4) {
-                // Four rows per pass over the cell (a short last group repeats a row).
-                let pick = |j: usize| q.row(quad[j.min(quad.len() - 1)] as usize);
-                scan_cell4([pick(0), pick(1), pick(2), pick(3)], &c.soa, d, c.cap, &mut s.scores);
-                for (j, &r) in quad.iter().enumerate() {
+            s.scores.resize(ROWS * c.cap, 0.0);
+            let mut maxes = [0.0f32; ROWS];
+            for group in rows.chunks(ROWS) {
+                // ROWS rows per pass over the cell (a short last group repeats a row).
+                let pick = |j: usize| q.row(group[j.min(group.len() - 1)] as usize);
+                scan_cell_rows(std::array::from_fn(pick), &c.soa, d, c.cap, &mut s.scores, &mut maxes);
+                for (j, &r) in group.iter().enumerate() {
                     let r = r as usize;
-                    bs.saved_scored[r] += c.len() as u32;
-                    let (ids, dots) = (&mut bs.saved_ids[r * k..(r + 1) * k], &mut bs.saved_dots[r * k..(r + 1) * k]);
-                    let len = &mut bs.saved_len[r];
-                    let sc_row = &s.scores[j * c.cap..j * c.cap + c.len()];
-                    for (&id, &sc) in c.ids.iter().zip(sc_row) {
-                        if ((*len as usize) < k || sc > dots[0]) && (id as usize) < vis {
-                            heap_offer(ids, dots, len, id, sc);
-                        }
+                    // A row whose best score here cannot enter its
+                    // top k is skipped without reading its heap.
+                    if maxes[j] > bs.bars[r] || maxes[j].is_nan() {
+                        bs.bars[r] = offer_cell(
+                            &mut bs.saved_ids[r * k..(r + 1) * k],
+                            &mut bs.saved_dots[r * k..(r + 1) * k],
+                            &mut bs.saved_len[r],
+                            &c.ids,
+                            &s.scores[j * c.cap..j * c.cap + c.len()],
+                            vis,
+                        );
                     }
                 }
             }
@@ -889,30 +1199,132 @@ impl KnnIndex {
                 k,
                 bs.saved_scored[r] as usize,
             );
-            // Cells too big to scan run the prioritized search, row by row.
-            cand.clear();
-            let mut big = false;
-            for &p in &bs.expand[bs.expand_at[r] as usize..bs.expand_at[r + 1] as usize] {
-                let cell = self.cell_of[p as usize];
-                if cell != NONE && self.cells[cell as usize].len() > CLOSEST {
-                    if !big {
-                        s.qa.clear();
-                        s.qa.extend_from_slice(q.row(r));
-                        s.qa.push(0.0);
-                        s.qproj_ready = false;
-                        big = true;
-                    }
-                    self.search_cell(cell as usize, Mode::Query, k, &mut s, &mut cand);
-                }
-            }
-            top.offer(&cand, vis);
             top.finish();
             each(r, top);
         }
         s.cand = cand;
         s.expand = expand;
-        s.batch = bs;
-        top.scratch = s;
+    }
+
+    /// Offers the upper-level keys collected in `s.upper` to `top`: into an empty
+    /// list, the best `k` by one selection, stored ascending (a valid min-heap)
+    /// instead of one heap update per key; else one by one.
+    fn keep_upper(&self, top: &mut TopK, s: &mut Scratch, k: usize) {
+        let up = &mut s.upper;
+        if up.is_empty() {
+            return;
+        }
+        if !top.is_empty() {
+            up.iter().for_each(|&(x, id)| top.offer_one(id, x, usize::MAX));
+            return;
+        }
+        if up.len() > k {
+            up.select_nth_unstable_by(k - 1, by_score_desc);
+            up.truncate(k);
+        }
+        up.sort_unstable_by(|a, b| by_score_desc(b, a));
+        let scored = top.scored;
+        top.load_sorted_ascending(up, k, scored);
+    }
+
+    /// Selects the parents to expand among a whole level, given as contiguous
+    /// `scores`/`ids` (ids ascending): the same set as [`Self::offer_selected`] (the
+    /// best `fov` by score, ties to the smaller id). A few bisection steps on the
+    /// score, each a vector count ([`count_at_least`]), bracket the `fov`-th best
+    /// score in `[a, b)`; one pass keeps the scores `>= a`, and an exact selection
+    /// runs among the few in `[a, b)` only. The keys that may make the top `k` are
+    /// appended to `s.upper` (see [`Self::keep_upper`]). Returns false, doing
+    /// nothing, when it does not apply (scores not finite, `fov < k`, the selected
+    /// subtrees hold fewer than `k` keys, or keys are hidden): the caller then takes
+    /// the general path.
+    #[allow(clippy::too_many_arguments)]
+    fn select_block(
+        &self,
+        top: &mut TopK,
+        scores: &[f32],
+        ids: &[u32],
+        fov: usize,
+        k: usize,
+        vis: usize,
+        s: &mut Scratch,
+        expand: &mut Vec<u32>,
+    ) -> bool {
+        let n = scores.len();
+        let (lo, hi) = min_max(scores);
+        if n == 0 || !lo.is_finite() || !hi.is_finite() || fov < k || vis < self.len() {
+            return false;
+        }
+        // Positions (into `scores`) of the selected parents.
+        let mut pos = std::mem::take(&mut s.selected);
+        pos.clear();
+        // Scores `>= bar` may make the top k (offered), the others cannot.
+        let mut bar = f32::NEG_INFINITY;
+        if fov >= n {
+            pos.extend(0..n as u32);
+        } else {
+            // Invariant: count(>= a) >= fov > count(>= b).
+            let (mut a, mut b) = (lo, f32::INFINITY);
+            let mut mid = lo + (hi - lo) * (1.0 - fov as f32 / n as f32);
+            for _ in 0..8 {
+                if !(mid > a && mid < b) {
+                    break;
+                }
+                if count_at_least(scores, mid) >= fov {
+                    a = mid;
+                } else {
+                    b = mid;
+                }
+                mid = if b.is_finite() { a + (b - a) * 0.5 } else { a + (hi - a) * 0.5 };
+            }
+            // Branch-free pass keeping the positions `>= a` (about `fov`), then the
+            // ones `>= b` are in and the boundary `[a, b)` fills the rest.
+            pos.resize(n, 0);
+            let mut w = 0;
+            for (i, &x) in scores.iter().enumerate() {
+                pos[w] = i as u32;
+                w += (x >= a) as usize;
+            }
+            pos.truncate(w);
+            s.cand.clear();
+            let mut wp = 0;
+            for j in 0..pos.len() {
+                let i = pos[j];
+                let x = scores[i as usize];
+                if x >= b {
+                    pos[wp] = i;
+                    wp += 1;
+                } else {
+                    // Ids ascend with the position: ties still go to the smaller id.
+                    s.cand.push((x, i));
+                }
+            }
+            pos.truncate(wp);
+            let need = fov - wp;
+            if need < s.cand.len() {
+                s.cand.select_nth_unstable_by(need, by_score_desc);
+            }
+            pos.extend(s.cand[..need].iter().map(|c| c.1));
+            // The k-th best is at least `a` when `fov >= k`... and, when at least k
+            // are `>= b`, at least `b`.
+            bar = if wp >= k { b } else { a };
+        }
+        // Every subtree holds its root: `k` parents hold at least `k` keys.
+        let ok =
+            pos.len() >= k || pos.iter().map(|&i| self.subtree[ids[i as usize] as usize] as usize).sum::<usize>() >= k;
+        if ok {
+            expand.clear();
+            expand.extend(pos.iter().map(|&i| ids[i as usize]));
+            // Only the selected can make the top k (as in `offer_selected`), and
+            // of those only the ones scoring at least the k-th best of them.
+            for &i in &pos {
+                if scores[i as usize] >= bar {
+                    s.upper.push((scores[i as usize], ids[i as usize]));
+                }
+            }
+            top.scored += n;
+        }
+        s.selected = pos;
+        ok
     }
 
     /// Offers `cand` to `top` and selects the parents to expand. When every key is
@@ -1039,6 +1451,8 @@ impl KnnIndex {
         self.upper_pos.push(NONE);
         if level > 0 {
             self.add_upper(id);
+            // Appended out of level order: the per-level blocks are gone.
+            self.upper_by_level = false;
         }
         if level == top {
             self.attach(id, NONE, 0.0);
@@ -1126,6 +1540,138 @@ mod tests {
             assert_eq!(seen, idx.cells.iter().map(Cell::len).sum::<usize>());
             let top_sub: u32 = idx.cells[0].ids.iter().map(|&t| idx.subtree[t as usize]).sum();
             assert_eq!(top_sub as usize, n, "subtree counts add up");
+        }
+    }
+
+    fn random_keys(n: usize, d: usize, seed: u64) -> Vec<f32> {
+        let mut r = SplitMix64::new(seed);
+        (0..n * d).map(|_| r.normal() as f32).collect()
+    }
+
+    /// The `k` best ids by an f64 dot product (ties to the smaller id).
+    fn brute_top(keys: &[f32], d: usize, q: &[f32], k: usize) -> Vec<u32> {
+        let n = keys.len() / d;
+        let mut all: Vec<(f64, u32)> = (0..n)
+            .map(|j| (q.iter().zip(&keys[j * d..]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>(), j as u32))
+            .collect();
+        all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        all[..k.min(n)].iter().map(|x| x.1).collect()
+    }
+
+    #[test]
+    fn exact_construction_attaches_every_key_to_its_nearest_key_one_level_up() {
+        let (n, d) = (2500, 12);
+        let keys = random_keys(n, d, 5);
+        let p = KnnParams { construction_scan: true, construction_field_of_view: usize::MAX, ..Default::default() };
+        let idx = KnnIndex::build(Rows::new(&keys, n, d), &p, None);
+        assert!(idx.exact_construction(0) && idx.upper_by_level);
+        let m2 = idx.max_norm_sq() as f64;
+        for id in 0..n as u32 {
+            let l = idx.level[id as usize] as usize;
+            if l + 1 == idx.levels() {
+                continue;
+            }
+            // Transformed distance in f64, over every key of the level above.
+            let dist = |a: u32, b: u32| {
+                let dot: f64 = idx.key(a).iter().zip(idx.key(b)).map(|(x, y)| *x as f64 * *y as f64).sum();
+                m2 - dot - idx.aug[a as usize] as f64 * idx.aug[b as usize] as f64
+            };
+            let want = idx.by_level[l + 1].iter().map(|&p| dist(id, p)).fold(f64::INFINITY, f64::min);
+            let got = dist(id, idx.parent[id as usize]);
+            assert!(got - want <= 1e-4 * (1.0 + want.abs()), "key {id}: parent at {got}, nearest at {want}");
+        }
+    }
+
+    #[test]
+    fn batched_queries_with_a_full_field_of_view_return_the_brute_force_top_k() {
+        // Every cell expanded: the search is exhaustive, so the result is the exact
+        // top k. 700 rows span several query blocks and a short last one.
+        let (n, d, l, k) = (1500, 16, 700, 7);
+        let keys = random_keys(n, d, 11);
+        let queries = random_keys(l, d, 12);
+        for levels in [2, 3] {
+            let p = KnnParams {
+                k,
+                levels,
+                construction_scan: true,
+                construction_field_of_view: usize::MAX,
+                query_field_of_view: Some(n),
+                ..Default::default()
+            };
+            let idx = KnnIndex::build(Rows::new(&keys, n, d), &p, None);
+            let mut top = TopK::new(k);
+            let mut seen = vec![false; l];
+            idx.query_batch(Rows::new(&queries, l, d), n, k, &mut top, |r, t| {
+                assert!(!seen[r], "row {r} answered twice");
+                seen[r] = true;
+                let want = brute_top(&keys, d, &queries[r * d..(r + 1) * d], k);
+                assert_eq!(t.ids(), &want[..], "levels {levels} row {r}");
+                assert_eq!(t.scored(), n, "every key scored once");
+            });
+            assert!(seen.iter().all(|&x| x));
+        }
+    }
+
+    #[test]
+    fn batched_queries_match_single_queries_and_do_not_depend_on_the_blocking() {
+        let (n, d, l, k) = (3000, 16, QUERY_BLOCK + 37, 10);
+        let keys = random_keys(n, d, 21);
+        let queries = random_keys(l, d, 22);
+        for fov in [10, 40] {
+            let p = KnnParams {
+                k,
+                construction_scan: true,
+                construction_field_of_view: usize::MAX,
+                query_field_of_view: Some(fov),
+                ..Default::default()
+            };
+            let idx = KnnIndex::build(Rows::new(&keys, n, d), &p, None);
+            let (mut top, mut one) = (TopK::new(k), TopK::new(k));
+            let mut whole = vec![Vec::new(); l];
+            idx.query_batch(Rows::new(&queries, l, d), n, k, &mut top, |r, t| whole[r] = t.ids().to_vec());
+            let mut differ = 0;
+            for r in 0..l {
+                let q = &queries[r * d..(r + 1) * d];
+                idx.query(q, n, k, &mut one);
+                differ += (one.ids() != &whole[r][..]) as usize;
+                // The same row alone (a block of one row goes through `query`) and
+                // inside a block of two: identical to the big block.
+                let r2 = if r + 1 < l { r + 1 } else { r - 1 };
+                let (lo, hi) = (r.min(r2), r.max(r2));
+                let two = [&queries[lo * d..(lo + 1) * d], &queries[hi * d..(hi + 1) * d]].concat();
+                idx.query_batch(Rows::new(&two, 2, d), n, k, &mut top, |j, t| {
+                    let row = if j == 0 { lo } else { hi };
+                    assert_eq!(t.ids(), &whole[row][..], "row {row} in a block of two");
+                });
+            }
+            // Only near-ties may differ (other summation order of the dots).
+            assert!(differ <= l / 50, "fov {fov}: {differ} rows differ from `query`");
+        }
+    }
+
+    #[test]
+    fn whole_level_selection_picks_the_best_by_score_then_smaller_id() {
+        let (n, d) = (2000, 8);
+        let keys = random_keys(n, d, 31);
+        let p = KnnParams { construction_scan: true, ..Default::default() };
+        let idx = KnnIndex::build(Rows::new(&keys, n, d), &p, None);
+        let mut s = Scratch::default();
+        let mut r = SplitMix64::new(4);
+        for case in 0..200 {
+            let m = 1 + case % 300;
+            let ids: Vec<u32> = (0..m as u32).collect();
+            // Coarse scores: many exact ties, including at the boundary.
+            let scores: Vec<f32> = (0..m).map(|_| (r.normal() * 3.0).round() as f32).collect();
+            let (fov, k) = (1 + case % 40, 1);
+            let mut top = TopK::new(k);
+            let mut expand = Vec::new();
+            assert!(idx.select_block(&mut top, &scores, &ids, fov, k, n, &mut s, &mut expand));
+            let mut want: Vec<(f32, u32)> = scores.iter().copied().zip(ids.iter().copied()).collect();
+            want.sort_by(by_score_desc);
+            let mut want: Vec<u32> = want[..fov.min(m)].iter().map(|x| x.1).collect();
+            want.sort_unstable();
+            expand.sort_unstable();
+            assert_eq!(expand, want, "case {case}");
         }
     }
 }

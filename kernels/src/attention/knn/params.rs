@@ -22,6 +22,9 @@ pub struct KnnParams {
     /// children.
     pub levels: usize,
     /// Construction: parents kept per level while looking for a new key's parent.
+    /// `usize::MAX` (`construction_field_of_view=all`) keeps them all: with
+    /// `construction_scan`, every key is then attached to its exact nearest key one
+    /// level up, computed by one GEMM per block of keys (the fast bulk build).
     pub construction_field_of_view: usize,
     /// Construction: fraction of a cell retrieved before the search may stop
     /// (`num_points_to_retrieve = ceil(prop * cell size)`).
@@ -33,6 +36,12 @@ pub struct KnnParams {
     pub construction_scan: bool,
     /// Query: parents kept per level and expanded on the next one. `None` = `k`.
     pub query_field_of_view: Option<usize>,
+    /// Query (ours, 0 = off = IceFormer): keep at least this fraction of the
+    /// candidate parents of a level, `ceil(prop * candidates)`, when that is more
+    /// than `query_field_of_view`. Recall depends on the fraction of a level that
+    /// is expanded, so one value serves every sequence length where a fixed field
+    /// of view would not (see [`KnnParams::recommended`]).
+    pub query_prop_field_of_view: f32,
     /// Query: fraction of a cell retrieved (exact dot computed) before the search
     /// of that cell may stop.
     pub query_prop_to_retrieve: f32,
@@ -57,6 +66,7 @@ impl Default for KnnParams {
             construction_prop_to_retrieve: 0.002,
             construction_scan: false,
             query_field_of_view: None,
+            query_prop_field_of_view: 0.0,
             query_prop_to_retrieve: 0.8,
             num_to_visit: None,
             prop_to_visit: 1.0,
@@ -94,18 +104,52 @@ fn parse_opt(key: &str, value: &str) -> Result<Option<usize>, String> {
 }
 
 impl KnnParams {
+    /// Our recommended preset for prefill (`preset=recommended` in a list), chosen
+    /// on the peaked workload of `kernels/benches/attention_data.rs` (d = 64,
+    /// L = S from 1K to 16K; docs/attention.md has the figures): IceFormer's
+    /// defaults except
+    ///
+    /// - `k = 8`: on peaked attention the weight sits on a few keys, so 8 keep the
+    ///   output (cosine 1.0000 against exact with an exhaustive search) at a smaller
+    ///   per-query heap;
+    /// - `construction_scan = true`, `construction_field_of_view = all`: every key is
+    ///   attached to its exact nearest key one level up (one GEMM per block of keys),
+    ///   the tree quality recall depends on;
+    /// - `query_field_of_view = 64`, `query_prop_field_of_view = 0.22`: a query
+    ///   expands the best 22% of each level (at least 64 parents), which keeps the
+    ///   output cosine >= 0.99 at every length tried (0.2 gave 0.9898 at L = 8192),
+    ///   where a fixed field of view loses recall as the levels grow.
+    pub fn recommended() -> Self {
+        KnnParams {
+            k: 8,
+            construction_scan: true,
+            construction_field_of_view: usize::MAX,
+            query_field_of_view: Some(64),
+            query_prop_field_of_view: 0.22,
+            ..KnnParams::default()
+        }
+    }
+
     /// Sets one field by name (`k`, `num_comp_indices` or `lc`, `num_simp_indices` or
-    /// `m`, `levels`, `construction_field_of_view`, `construction_prop_to_retrieve`,
+    /// `m`, `levels`, `construction_field_of_view`, `construction_prop_to_retrieve`, `construction_scan`,
     /// `query_field_of_view` or `field_of_view`, `query_prop_to_retrieve` or
-    /// `prop_to_retrieve`, `num_to_visit`, `prop_to_visit`, `seed`). Optional counts
-    /// accept `auto`. The error names the key and the offending value.
+    /// `prop_to_retrieve`, `query_prop_field_of_view` or `prop_field_of_view`,
+    /// `num_to_visit`, `prop_to_visit`, `seed`), or replaces them all by a preset
+    /// (`preset=iceformer`, the defaults, or `preset=recommended`, see
+    /// [`KnnParams::recommended`]; later items apply on top). Optional counts
+    /// accept `auto`; `construction_field_of_view` accepts `all`. The error names the key and the offending value.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
         match key.trim() {
             "k" | "top_k" => self.k = parse_pos(key, value)?,
             "num_comp_indices" | "lc" => self.num_comp_indices = parse_pos(key, value)?,
             "num_simp_indices" | "m" => self.num_simp_indices = parse_pos(key, value)?,
             "levels" | "num_levels" => self.levels = parse_pos(key, value)?,
-            "construction_field_of_view" => self.construction_field_of_view = parse_pos(key, value)?,
+            "construction_field_of_view" => {
+                self.construction_field_of_view = match value.trim() {
+                    "all" => usize::MAX,
+                    v => parse_pos(key, v)?,
+                }
+            }
             "construction_prop_to_retrieve" => self.construction_prop_to_retrieve = parse_prop(key, value)?,
             "construction_scan" => {
                 self.construction_scan = match value.trim() {
@@ -115,9 +159,19 @@ impl KnnParams {
                 }
             }
             "query_field_of_view" | "field_of_view" => self.query_field_of_view = parse_opt(key, value)?,
+            "query_prop_field_of_view" | "prop_field_of_view" => {
+                self.query_prop_field_of_view = parse_prop(key, value)?
+            }
             "query_prop_to_retrieve" | "prop_to_retrieve" => self.query_prop_to_retrieve = parse_prop(key, value)?,
             "num_to_visit" => self.num_to_visit = parse_opt(key, value)?,
             "prop_to_visit" => self.prop_to_visit = parse_prop(key, value)?,
+            "preset" => {
+                *self = match value.trim() {
+                    "iceformer" | "default" => KnnParams::default(),
+                    "recommended" => KnnParams::recommended(),
+                    v => return Err(format!("knn parameter `preset`: unknown preset `{v}` (iceformer, recommended)")),
+                }
+            }
             "seed" => {
                 self.seed = value.trim().parse::<u64>().map_err(|e| format!("knn parameter `seed`: `{value}` ({e})"))?
             }
@@ -153,6 +207,15 @@ impl KnnParams {
     pub fn query_fov(&self) -> usize {
         self.query_field_of_view.unwrap_or(self.k).max(1)
     }
+
+    /// Parents kept among `candidates` of one level: the field of view, or the
+    /// `query_prop_field_of_view` fraction of them when that is more.
+    pub fn query_fov_for(&self, candidates: usize) -> usize {
+        // A hair below the product before `ceil`: `0.2f32` is a little above 0.2,
+        // and 0.2 of 320 candidates should keep 64, not 65.
+        let prop = (self.query_prop_field_of_view as f64 * candidates as f64 * (1.0 - 1e-6)).ceil();
+        self.query_fov().max(prop.min(usize::MAX as f64) as usize)
+    }
 }
 
 #[cfg(test)]
@@ -165,6 +228,7 @@ mod tests {
         assert_eq!((p.k, p.num_comp_indices, p.num_simp_indices, p.levels), (20, 2, 4, 3));
         assert_eq!((p.construction_field_of_view, p.construction_prop_to_retrieve), (5, 0.002));
         assert_eq!((p.query_fov(), p.query_prop_to_retrieve, p.num_to_visit, p.prop_to_visit), (20, 0.8, None, 1.0));
+        assert_eq!((p.construction_scan, p.query_prop_field_of_view), (false, 0.0));
     }
 
     #[test]
@@ -177,5 +241,22 @@ mod tests {
         assert!(KnnParams::parse("bogus=1").unwrap_err().contains("bogus"));
         assert!(KnnParams::parse("prop_to_visit=-1").is_err());
         assert_eq!(KnnParams::parse("num_to_visit=auto").unwrap().num_to_visit, None);
+        let p = KnnParams::parse("construction_field_of_view=all,prop_field_of_view=0.25").unwrap();
+        assert_eq!((p.construction_field_of_view, p.query_prop_field_of_view), (usize::MAX, 0.25));
+        assert!(KnnParams::parse("preset=fast").unwrap_err().contains("fast"));
+    }
+
+    #[test]
+    fn a_preset_replaces_every_field_and_later_items_apply_on_top() {
+        let p = KnnParams::parse("seed=3,preset=recommended,k=10").unwrap();
+        assert_eq!(p, KnnParams { k: 10, ..KnnParams::recommended() });
+        assert_eq!(KnnParams::parse("k=3,preset=iceformer").unwrap(), KnnParams::default());
+    }
+
+    #[test]
+    fn the_proportional_field_of_view_keeps_a_fraction_of_the_candidates_or_the_fixed_one() {
+        let p = KnnParams { query_field_of_view: Some(64), query_prop_field_of_view: 0.2, ..Default::default() };
+        assert_eq!((p.query_fov_for(16), p.query_fov_for(320), p.query_fov_for(621)), (64, 64, 125));
+        assert_eq!(KnnParams::default().query_fov_for(10_000), 20, "off by default");
     }
 }

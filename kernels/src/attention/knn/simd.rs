@@ -6,6 +6,8 @@
 //!   Children are stored transposed (one row per coordinate, the row padded to a
 //!   multiple of [`BLOCK`] children), so a cell is scored with broadcast-multiply-add
 //!   over contiguous memory and no horizontal reductions.
+//! - [`scan_cell_rows`]: the same for [`ROWS`] queries at once (the batched query
+//!   path groups the queries that expand a cell).
 //! - [`dot`]: one dot product of two rows (re-parenting, tiny exact cases).
 //!
 //! Also the seeded generator (SplitMix64 + Box-Muller) the index draws from.
@@ -19,7 +21,13 @@ pub const BLOCK: usize = 16;
 /// `out[j] = sum_{c < rows} q[c] * soa[c * cap + j]` for `j < cap`.
 type ScanFn = fn(q: &[f32], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]);
 type DotFn = fn(a: &[f32], b: &[f32]) -> f32;
-type Scan4Fn = fn(q: [&[f32]; 4], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]);
+type MaxIndexFn = fn(x: &[f32]) -> (f32, usize);
+type MinMaxFn = fn(x: &[f32]) -> (f32, f32);
+type CountFn = fn(x: &[f32], t: f32) -> usize;
+type ScanRowsFn = fn(q: [&[f32]; ROWS], soa: &[f32], rows: usize, cap: usize, out: &mut [f32], maxes: &mut [f32; ROWS]);
+
+/// Queries scored together against one cell by [`scan_cell_rows`].
+pub const ROWS: usize = 8;
 
 #[inline(always)]
 fn scan_generic<S: Simd>(s: S, q: &[f32], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]) {
@@ -45,28 +53,114 @@ fn scan_generic<S: Simd>(s: S, q: &[f32], soa: &[f32], rows: usize, cap: usize, 
     }
 }
 
-/// Four queries against one cell: `out[j * cap + i] = sum_c q_j[c] * soa[c * cap + i]`.
-/// Each cell vector is loaded once for the four (a 4 x LANES register tile).
+/// [`ROWS`] queries against one cell: `out[j * cap + i] = sum_c q_j[c] * soa[c * cap + i]`,
+/// and `maxes[j]` = the largest of row `j`'s `cap` scores (padding columns score 0),
+/// so a caller can skip a row none of whose scores passes its bar. Each cell vector
+/// is loaded once for all rows (a `ROWS x LANES` register tile; eight independent
+/// FMA chains cover the FMA latency on two ports).
 #[inline(always)]
-fn scan4_generic<S: Simd>(s: S, q: [&[f32]; 4], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]) {
-    assert!(cap.is_multiple_of(BLOCK) && soa.len() >= rows * cap && out.len() >= 4 * cap);
-    assert!(q.iter().all(|x| x.len() >= rows));
+fn scan_rows_generic<S: Simd, const V: usize>(
+    s: S,
+    q: [&[f32]; ROWS],
+    soa: &[f32],
+    rows: usize,
+    cap: usize,
+    out: &mut [f32],
+    maxes: &mut [f32; ROWS],
+) {
+    assert!(cap.is_multiple_of(BLOCK) && soa.len() >= rows * cap && out.len() >= ROWS * cap);
+    // Rows cut to exactly `rows`: the loop below indexes them without checks.
+    let q: [&[f32]; ROWS] = std::array::from_fn(|j| &q[j][..rows]);
+    let mut mx = [s.splat(f32::NEG_INFINITY); ROWS];
     let mut o = 0;
+    // `V` vectors of columns per step while they fit (a `ROWS x V` register tile:
+    // fewer loads and bounds checks per FMA), then one at a time.
+    while o + V * S::LANES <= cap {
+        let mut acc = [[s.splat(0.0); ROWS]; V];
+        for c in 0..rows {
+            let row = &soa[c * cap + o..c * cap + o + V * S::LANES];
+            for v in 0..V {
+                let x = s.load(&row[v * S::LANES..]);
+                for j in 0..ROWS {
+                    acc[v][j] = s.mul_add(s.splat(q[j][c]), x, acc[v][j]);
+                }
+            }
+        }
+        for (v, acc) in acc.iter().enumerate() {
+            for (j, a) in acc.iter().enumerate() {
+                s.store(*a, &mut out[j * cap + o + v * S::LANES..]);
+                mx[j] = s.max(mx[j], *a);
+            }
+        }
+        o += V * S::LANES;
+    }
     while o < cap {
-        let (mut a0, mut a1, mut a2, mut a3) = (s.splat(0.0), s.splat(0.0), s.splat(0.0), s.splat(0.0));
+        let mut acc = [s.splat(0.0); ROWS];
         for c in 0..rows {
             let x = s.load(&soa[c * cap + o..]);
-            a0 = s.mul_add(s.splat(q[0][c]), x, a0);
-            a1 = s.mul_add(s.splat(q[1][c]), x, a1);
-            a2 = s.mul_add(s.splat(q[2][c]), x, a2);
-            a3 = s.mul_add(s.splat(q[3][c]), x, a3);
+            for j in 0..ROWS {
+                acc[j] = s.mul_add(s.splat(q[j][c]), x, acc[j]);
+            }
         }
-        s.store(a0, &mut out[o..]);
-        s.store(a1, &mut out[cap + o..]);
-        s.store(a2, &mut out[2 * cap + o..]);
-        s.store(a3, &mut out[3 * cap + o..]);
+        for (j, a) in acc.iter().enumerate() {
+            s.store(*a, &mut out[j * cap + o..]);
+            mx[j] = s.max(mx[j], *a);
+        }
         o += S::LANES;
     }
+    for j in 0..ROWS {
+        maxes[j] = s.reduce_max(mx[j]);
+    }
+}
+
+/// The largest element and the position of its first occurrence (see [`max_index`]):
+/// a vector max, then a scan for it.
+#[inline(always)]
+fn max_index_generic<S: Simd>(s: S, x: &[f32]) -> (f32, usize) {
+    let mut m = s.splat(f32::NEG_INFINITY);
+    let mut i = 0;
+    while i + S::LANES <= x.len() {
+        m = s.max(m, s.load(&x[i..]));
+        i += S::LANES;
+    }
+    let mut best = s.reduce_max(m);
+    for &v in &x[i..] {
+        best = best.max(v);
+    }
+    (best, x.iter().position(|&v| v == best).unwrap_or(0))
+}
+
+/// `(min, max)` of `x` (`(inf, -inf)` when empty; NaNs give an unspecified result).
+#[inline(always)]
+fn min_max_generic<S: Simd>(s: S, x: &[f32]) -> (f32, f32) {
+    let (mut lo, mut hi) = (s.splat(f32::INFINITY), s.splat(f32::NEG_INFINITY));
+    let mut i = 0;
+    while i + S::LANES <= x.len() {
+        let v = s.load(&x[i..]);
+        lo = s.min(lo, v);
+        hi = s.max(hi, v);
+        i += S::LANES;
+    }
+    let (mut a, mut b) = (-s.reduce_max(s.sub(s.splat(0.0), lo)), s.reduce_max(hi));
+    for &v in &x[i..] {
+        a = a.min(v);
+        b = b.max(v);
+    }
+    (a, b)
+}
+
+/// How many elements of `x` are `>= t` (NaNs count as not below `t`).
+#[inline(always)]
+fn count_at_least_generic<S: Simd>(s: S, x: &[f32], t: f32) -> usize {
+    let (tv, one, zero) = (s.splat(t), s.splat(1.0), s.splat(0.0));
+    // Lane counts stay exact in f32 far beyond any cell or level size (2^24).
+    let mut acc = s.splat(0.0);
+    let mut i = 0;
+    while i + S::LANES <= x.len() {
+        acc = s.add(acc, s.select(s.lt(s.load(&x[i..]), tv), zero, one));
+        i += S::LANES;
+    }
+    s.reduce_sum(acc) as usize + x[i..].iter().filter(|&&v| v >= t || v.is_nan()).count()
 }
 
 #[inline(always)]
@@ -94,7 +188,7 @@ fn dot_generic<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
 /// Safe entry points for one instruction set; `$features` are enabled on an inner
 /// function that the table below hands out only after detecting them.
 macro_rules! entries {
-    ($m:ident, $tok:ty $(, $features:literal)?) => {
+    ($m:ident, $tok:ty, $v:literal $(, $features:literal)?) => {
         mod $m {
             use super::*;
             #[allow(unused_imports)]
@@ -109,15 +203,59 @@ macro_rules! entries {
                 // SAFETY: as above, the CPU has the features of `$tok`.
                 unsafe { inner(q, soa, rows, cap, out) }
             }
-            pub fn scan4(q: [&[f32]; 4], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]) {
+            pub fn scan_rows(
+                q: [&[f32]; ROWS],
+                soa: &[f32],
+                rows: usize,
+                cap: usize,
+                out: &mut [f32],
+                maxes: &mut [f32; ROWS],
+            ) {
                 $(#[target_feature(enable = $features)])?
-                unsafe fn inner(q: [&[f32]; 4], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]) {
+                unsafe fn inner(
+                    q: [&[f32]; ROWS],
+                    soa: &[f32],
+                    rows: usize,
+                    cap: usize,
+                    out: &mut [f32],
+                    maxes: &mut [f32; ROWS],
+                ) {
                     // SAFETY: as for `scan`.
                     let s = unsafe { <$tok>::new_unchecked() };
-                    scan4_generic(s, q, soa, rows, cap, out)
+                    scan_rows_generic::<_, $v>(s, q, soa, rows, cap, out, maxes)
                 }
                 // SAFETY: as for `scan`.
-                unsafe { inner(q, soa, rows, cap, out) }
+                unsafe { inner(q, soa, rows, cap, out, maxes) }
+            }
+            pub fn max_index(x: &[f32]) -> (f32, usize) {
+                $(#[target_feature(enable = $features)])?
+                unsafe fn inner(x: &[f32]) -> (f32, usize) {
+                    // SAFETY: as for `scan`.
+                    let s = unsafe { <$tok>::new_unchecked() };
+                    max_index_generic(s, x)
+                }
+                // SAFETY: as for `scan`.
+                unsafe { inner(x) }
+            }
+            pub fn min_max(x: &[f32]) -> (f32, f32) {
+                $(#[target_feature(enable = $features)])?
+                unsafe fn inner(x: &[f32]) -> (f32, f32) {
+                    // SAFETY: as for `scan`.
+                    let s = unsafe { <$tok>::new_unchecked() };
+                    min_max_generic(s, x)
+                }
+                // SAFETY: as for `scan`.
+                unsafe { inner(x) }
+            }
+            pub fn count_at_least(x: &[f32], t: f32) -> usize {
+                $(#[target_feature(enable = $features)])?
+                unsafe fn inner(x: &[f32], t: f32) -> usize {
+                    // SAFETY: as for `scan`.
+                    let s = unsafe { <$tok>::new_unchecked() };
+                    count_at_least_generic(s, x, t)
+                }
+                // SAFETY: as for `scan`.
+                unsafe { inner(x, t) }
             }
             pub fn dot(a: &[f32], b: &[f32]) -> f32 {
                 $(#[target_feature(enable = $features)])?
@@ -145,18 +283,23 @@ impl Unchecked for Scalar {
     }
 }
 
-entries!(scalar, Scalar);
+// The literal is the column vectors per step of `scan_rows_generic`: two where 32
+// vector registers hold the `ROWS x 2` accumulators (AVX-512, NEON), else one.
+entries!(scalar, Scalar, 1);
 #[cfg(target_arch = "x86_64")]
-entries!(avx512, crate::vecmath::x86::Avx512, "avx512f");
+entries!(avx512, crate::vecmath::x86::Avx512, 2, "avx512f");
 #[cfg(target_arch = "x86_64")]
-entries!(avx2, crate::vecmath::x86::Avx2Fma, "avx2,fma");
+entries!(avx2, crate::vecmath::x86::Avx2Fma, 1, "avx2,fma");
 #[cfg(target_arch = "aarch64")]
-entries!(neon, crate::vecmath::neon::Neon, "neon");
+entries!(neon, crate::vecmath::neon::Neon, 2, "neon");
 
 #[derive(Clone, Copy)]
 struct Kernels {
     scan: ScanFn,
-    scan4: Scan4Fn,
+    scan_rows: ScanRowsFn,
+    max_index: MaxIndexFn,
+    min_max: MinMaxFn,
+    count_at_least: CountFn,
     dot: DotFn,
 }
 
@@ -166,19 +309,47 @@ fn kernels() -> Kernels {
         #[cfg(target_arch = "x86_64")]
         {
             if crate::vecmath::x86::Avx512::new().is_some() {
-                return Kernels { scan: avx512::scan, scan4: avx512::scan4, dot: avx512::dot };
+                return Kernels {
+                    scan: avx512::scan,
+                    scan_rows: avx512::scan_rows,
+                    max_index: avx512::max_index,
+                    min_max: avx512::min_max,
+                    count_at_least: avx512::count_at_least,
+                    dot: avx512::dot,
+                };
             }
             if crate::vecmath::x86::Avx2Fma::new().is_some() {
-                return Kernels { scan: avx2::scan, scan4: avx2::scan4, dot: avx2::dot };
+                return Kernels {
+                    scan: avx2::scan,
+                    scan_rows: avx2::scan_rows,
+                    max_index: avx2::max_index,
+                    min_max: avx2::min_max,
+                    count_at_least: avx2::count_at_least,
+                    dot: avx2::dot,
+                };
             }
         }
         #[cfg(target_arch = "aarch64")]
         {
             if crate::vecmath::neon::Neon::new().is_some() {
-                return Kernels { scan: neon::scan, scan4: neon::scan4, dot: neon::dot };
+                return Kernels {
+                    scan: neon::scan,
+                    scan_rows: neon::scan_rows,
+                    max_index: neon::max_index,
+                    min_max: neon::min_max,
+                    count_at_least: neon::count_at_least,
+                    dot: neon::dot,
+                };
             }
         }
-        Kernels { scan: scalar::scan, scan4: scalar::scan4, dot: scalar::dot }
+        Kernels {
+            scan: scalar::scan,
+            scan_rows: scalar::scan_rows,
+            max_index: scalar::max_index,
+            min_max: scalar::min_max,
+            count_at_least: scalar::count_at_least,
+            dot: scalar::dot,
+        }
     })
 }
 
@@ -189,10 +360,38 @@ pub fn scan_cell(q: &[f32], soa: &[f32], rows: usize, cap: usize, out: &mut [f32
     (kernels().scan)(q, soa, rows, cap, out)
 }
 
-/// [`scan_cell`] for four queries at once (`out` holds four rows of `cap`).
+/// [`scan_cell`] for [`ROWS`] queries at once (`out` holds `ROWS` rows of `cap`),
+/// plus each row's largest score in `maxes`. Panics if a slice is too short.
 #[inline]
-pub fn scan_cell4(q: [&[f32]; 4], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]) {
-    (kernels().scan4)(q, soa, rows, cap, out)
+pub fn scan_cell_rows(
+    q: [&[f32]; ROWS],
+    soa: &[f32],
+    rows: usize,
+    cap: usize,
+    out: &mut [f32],
+    maxes: &mut [f32; ROWS],
+) {
+    (kernels().scan_rows)(q, soa, rows, cap, out, maxes)
+}
+
+/// The largest element of `x` and the position of its first occurrence (`(-inf, 0)`
+/// for an empty `x`; with NaNs in `x` the pick is unspecified but in bounds).
+#[inline]
+pub fn max_index(x: &[f32]) -> (f32, usize) {
+    (kernels().max_index)(x)
+}
+
+/// `(min, max)` of `x` (`(inf, -inf)` when empty; with NaNs in `x` the result is
+/// unspecified, callers check it is finite).
+#[inline]
+pub fn min_max(x: &[f32]) -> (f32, f32) {
+    (kernels().min_max)(x)
+}
+
+/// How many elements of `x` are `>= t` (NaNs count, as not below `t`).
+#[inline]
+pub fn count_at_least(x: &[f32], t: f32) -> usize {
+    (kernels().count_at_least)(x, t)
 }
 
 /// `a . b` over the shorter length.
@@ -252,13 +451,22 @@ mod tests {
                     assert!((got[j] as f64 - exact).abs() < 1e-4 * (1.0 + exact.abs()), "rows {rows} j {j}");
                     assert!((want[j] as f64 - exact).abs() < 1e-4 * (1.0 + exact.abs()));
                 }
-                let mut four = vec![0.0; 4 * cap];
-                let qs: Vec<Vec<f32>> = (0..4).map(|j| q.iter().map(|x| x * (j as f32 + 1.0)).collect()).collect();
-                scan_cell4([&qs[0], &qs[1], &qs[2], &qs[3]], &soa, rows, cap, &mut four);
-                for j in 0..4 {
+                // Exactly `ROWS * cap` outputs and query rows of exactly `rows`.
+                let mut many = vec![0.0; ROWS * cap];
+                let qs: Vec<Vec<f32>> = (0..ROWS).map(|j| q.iter().map(|x| x * (j as f32 + 1.0)).collect()).collect();
+                let (mut mx, mut mx_scalar) = ([0.0; ROWS], [0.0; ROWS]);
+                scan_cell_rows(std::array::from_fn(|j| &qs[j][..]), &soa, rows, cap, &mut many, &mut mx);
+                let mut many_scalar = vec![0.0; ROWS * cap];
+                let q_rows = std::array::from_fn(|j| &qs[j][..]);
+                scalar::scan_rows(q_rows, &soa, rows, cap, &mut many_scalar, &mut mx_scalar);
+                for j in 0..ROWS {
+                    let want_max = many[j * cap..(j + 1) * cap].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    assert_eq!(mx[j], want_max, "row max {j}");
+                    assert!((mx_scalar[j] - want_max).abs() < 1e-4 * (1.0 + want_max.abs()));
                     for i in 0..cap {
                         let e = got[i] * (j as f32 + 1.0);
-                        assert!((four[j * cap + i] - e).abs() < 1e-4 * (1.0 + e.abs()), "scan4 rows {rows}");
+                        assert!((many[j * cap + i] - e).abs() < 1e-4 * (1.0 + e.abs()), "scan_rows rows {rows}");
+                        assert!((many_scalar[j * cap + i] - e).abs() < 1e-4 * (1.0 + e.abs()));
                     }
                 }
                 let n = rows * cap;
@@ -278,6 +486,52 @@ mod tests {
         let soa = vec![0.0; 4 * BLOCK - 1];
         let mut out = vec![0.0; BLOCK];
         scan_cell(&[1.0; 4], &soa, 4, BLOCK, &mut out);
+    }
+
+    #[test]
+    #[should_panic]
+    fn a_short_output_of_the_multi_row_scan_panics() {
+        let soa = vec![0.0; 4 * BLOCK];
+        let mut out = vec![0.0; ROWS * BLOCK - 1];
+        let q = [1.0f32; 4];
+        scan_cell_rows([&q[..]; ROWS], &soa, 4, BLOCK, &mut out, &mut [0.0; ROWS]);
+    }
+
+    #[test]
+    #[should_panic]
+    fn a_short_query_row_of_the_multi_row_scan_panics() {
+        let soa = vec![0.0; 4 * BLOCK];
+        let mut out = vec![0.0; ROWS * BLOCK];
+        let (q, short) = ([1.0f32; 4], [1.0f32; 3]);
+        let mut rows = [&q[..]; ROWS];
+        rows[ROWS - 1] = &short[..];
+        scan_cell_rows(rows, &soa, 4, BLOCK, &mut out, &mut [0.0; ROWS]);
+    }
+
+    #[test]
+    fn max_index_and_min_max_match_a_scalar_fold_at_any_length() {
+        for n in [0usize, 1, 5, 16, 17, 40, 255] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 23) as f32).min(20.0)).collect();
+            let want = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let at = x.iter().position(|&v| v == want).unwrap_or(0);
+            assert_eq!(max_index(&x), (want, at), "n {n}");
+            assert_eq!(scalar::max_index(&x), (want, at), "scalar n {n}");
+        }
+        for n in [0usize, 3, 16, 33] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 31 % 17) as f32) - 8.0).collect();
+            let lo = x.iter().copied().fold(f32::INFINITY, f32::min);
+            let hi = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(min_max(&x), (lo, hi), "n {n}");
+            assert_eq!(scalar::min_max(&x), (lo, hi));
+            for t in [-9.0, -8.0, 0.0, 0.5, 8.0, 9.0] {
+                let want = x.iter().filter(|&&v| v >= t).count();
+                assert_eq!(count_at_least(&x, t), want, "n {n} t {t}");
+                assert_eq!(scalar::count_at_least(&x, t), want);
+            }
+        }
+        let with_nan = [f32::NAN, 1.0, f32::NAN, 3.0, 3.0];
+        assert_eq!(scalar::max_index(&with_nan), (3.0, 3));
+        assert!(max_index(&[f32::NAN; 40]).1 < 40);
     }
 
     #[test]
