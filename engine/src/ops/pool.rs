@@ -693,7 +693,7 @@ mod tests {
 
     #[test]
     fn strided_max_pool_matches_eval_including_nan_and_a_dropped_tail() {
-        let mut rng = Rng(0x5eed_0f_1d);
+        let mut rng = Rng(0x5eed_0f1d);
         for (k, stride, len) in [(2usize, 2usize, 47usize), (3, 3, 20), (2, 1, 9), (3, 2, 12), (4, 4, 16)] {
             let mut x = rng.tensor(&[2, 3, len]);
             // a NaN first in one window and later in another: only the first propagates

@@ -63,7 +63,7 @@ pub(crate) fn attend<S: Simd>(
 ) {
     let (l, dv) = (q.rows, v.cols);
     let lanes = S::LANES;
-    assert!(lanes <= IOTA.len() && kt_stride % lanes == 0, "bad key stride");
+    assert!(lanes <= IOTA.len() && kt_stride.is_multiple_of(lanes), "bad key stride");
     assert!(kt.len() >= q.cols * kt_stride && scores.len() >= scores_len(l, kt_stride), "buffers too small");
     let (weights, inv_total) = scores.split_at_mut(l.div_ceil(QB) * QB * kt_stride);
     let scale = s.splat(p.scale);
