@@ -155,6 +155,10 @@ impl TransposePlan {
                     let b1 = (b0 + TILE).min(nb);
                     for a0 in (0..na).step_by(TILE) {
                         let a1 = (a0 + TILE).min(na);
+                        if a1 - a0 == TILE && b1 - b0 == TILE {
+                            square_tile(&src[a0 * sa + b0..], sa, &mut dst[b0 * db + a0..], db);
+                            continue;
+                        }
                         for b in b0..b1 {
                             let row = &mut dst[b * db + a0..b * db + a1];
                             for (a, o) in (a0..a1).zip(row) {
@@ -164,6 +168,24 @@ impl TransposePlan {
                     }
                 }
             }
+        }
+    }
+}
+
+/// `dst[b * db + a] = src[a * sa + b]` for `a, b < TILE`: the tile's rows are read
+/// into fixed-size arrays first, so the transposing loop has constant bounds and
+/// no index checks (the compiler turns it into register shuffles).
+#[inline(always)]
+fn square_tile<T: Copy>(src: &[T], sa: usize, dst: &mut [T], db: usize) {
+    let Some(&first) = src.first() else { return };
+    let mut block = [[first; TILE]; TILE];
+    for (a, row) in block.iter_mut().enumerate() {
+        row.copy_from_slice(&src[a * sa..a * sa + TILE]);
+    }
+    for b in 0..TILE {
+        let out: &mut [T; TILE] = (&mut dst[b * db..b * db + TILE]).try_into().expect("TILE elements");
+        for (a, o) in out.iter_mut().enumerate() {
+            *o = block[a][b];
         }
     }
 }

@@ -225,20 +225,28 @@ fn fill_a_panels(a: MatRef<'_>, i0: usize, mc: usize, p0: usize, kc: usize, mr: 
 }
 
 /// Packs depth `p0..p0+kc`, columns `j0..j0+nc` of B into `NR`-wide panels,
-/// each laid out `[p][j]` (zero columns past the edge).
+/// each laid out `[p][j]` (zero columns past the edge). The buffer only grows, so
+/// a warm call neither allocates nor clears it.
 fn pack_b(b: MatRef<'_>, p0: usize, kc: usize, j0: usize, nc: usize, nr: usize, out: &mut Vec<f32>) {
-    out.clear();
-    append_packed_b(b, p0, kc, j0, nc, nr, out);
+    let need = nc.div_ceil(nr) * nr * kc;
+    if out.len() < need {
+        out.resize(need, 0.0);
+    }
+    fill_packed_b(b, p0, kc, j0, nc, nr, &mut out[..need]);
 }
 
 /// [`pack_b`] appending to `out`.
 fn append_packed_b(b: MatRef<'_>, p0: usize, kc: usize, j0: usize, nc: usize, nr: usize, out: &mut Vec<f32>) {
-    for jr in (0..nc).step_by(nr) {
+    let start = out.len();
+    out.resize(start + nc.div_ceil(nr) * nr * kc, 0.0);
+    fill_packed_b(b, p0, kc, j0, nc, nr, &mut out[start..]);
+}
+
+/// [`pack_b`] into a slice of exactly `nc.div_ceil(nr) * nr * kc` floats (every
+/// element written, padding included).
+fn fill_packed_b(b: MatRef<'_>, p0: usize, kc: usize, j0: usize, nc: usize, nr: usize, out: &mut [f32]) {
+    for (panel, jr) in out.chunks_exact_mut(kc * nr).zip((0..nc).step_by(nr)) {
         let w = nr.min(nc - jr);
-        // One zeroed panel, then the rows copied in (the padding stays zero).
-        let start = out.len();
-        out.resize(start + kc * nr, 0.0);
-        let panel = &mut out[start..];
         for (p, dst) in panel.chunks_exact_mut(nr).enumerate() {
             if b.col_stride == 1 {
                 let at = (p0 + p) * b.row_stride + j0 + jr;
@@ -246,6 +254,7 @@ fn append_packed_b(b: MatRef<'_>, p0: usize, kc: usize, j0: usize, nc: usize, nr
             } else {
                 dst[..w].iter_mut().enumerate().for_each(|(j, d)| *d = b.at(p0 + p, j0 + jr + j));
             }
+            dst[w..].iter_mut().for_each(|d| *d = 0.0);
         }
     }
 }
