@@ -85,7 +85,7 @@ impl PackedB {
     }
 
     /// Element (p, j) of the original matrix (for the skinny path).
-    fn panel_row(&self, p: usize, jp: usize) -> &[f32] {
+    pub(super) fn panel_row(&self, p: usize, jp: usize) -> &[f32] {
         let nr = self.kernel.nr;
         let (p0, kc) = ((p / KC) * KC, KC.min(self.k - (p / KC) * KC));
         &self.panels(p0, kc, jp)[(p - p0) * nr..(p - p0 + 1) * nr]

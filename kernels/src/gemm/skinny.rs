@@ -33,6 +33,22 @@ pub(crate) fn gemm(alpha: f32, a: MatRef<'_>, b: BSource<'_>, beta: f32, c: &mut
             for p in 0..k {
                 let row: &[f32] = match b {
                     BSource::Mat(bm) if bm.col_stride == 1 => &bm.data[p * bm.row_stride + j0..][..w],
+                    BSource::Packed(pb, jp0) => {
+                        // Each panel's row is contiguous: accumulate straight from it.
+                        let nr = pb.kernel().nr;
+                        let mut j = 0;
+                        while j < w {
+                            let col = j0 + j;
+                            let (panel, within) = (jp0 + col / nr, col % nr);
+                            let take = (nr - within).min(w - j);
+                            let seg = &pb.panel_row(p, panel)[within..within + take];
+                            for i in 0..m {
+                                axpy(&mut acc[i * jb + j..i * jb + j + take], alpha * a.at(i, p), seg);
+                            }
+                            j += take;
+                        }
+                        continue;
+                    }
                     _ => {
                         b.row(p, j0, w, brow);
                         &brow[..w]
