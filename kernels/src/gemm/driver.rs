@@ -212,7 +212,7 @@ fn fill_a_panels(a: MatRef<'_>, i0: usize, mc: usize, p0: usize, kc: usize, mr: 
             // A is a transposed view: each depth step's rows are contiguous.
             for (p, dst) in panel.chunks_exact_mut(mr).enumerate() {
                 let start = (p0 + p) * a.col_stride + i0 + ir;
-                dst[..h].copy_from_slice(&a.data[start..start + h]);
+                copy_row(&a.data[start..start + h], &mut dst[..h]);
             }
         } else {
             for (p, dst) in panel.chunks_exact_mut(mr).enumerate() {
@@ -275,7 +275,9 @@ fn copy_row(src: &[f32], dst: &mut [f32]) {
     let done = match src.len() {
         32 => fixed::<32>(src, dst),
         16 => fixed::<16>(src, dst),
+        12 => fixed::<12>(src, dst),
         8 => fixed::<8>(src, dst),
+        6 => fixed::<6>(src, dst),
         _ => false,
     };
     if !done {

@@ -266,3 +266,78 @@ impl Kernel for ConvKernel {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::conv::{AutoPad, ConvOp};
+    use crate::ops::layout::tests::{planned_vs_eval, Rng};
+
+    /// `relu?(b[o] + sum_{c, j} w[o, c, j] * x[c, t * stride + j - pad])` in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn naive_conv1d(x: &[f32], w: &[f32], b: &[f32], c: usize, m: usize, k: usize, pad: usize, relu: bool) -> Vec<f64> {
+        let t = x.len() / c;
+        let out = t + 2 * pad - k + 1;
+        let mut y = vec![0.0; m * out];
+        for o in 0..m {
+            for i in 0..out {
+                let mut acc = b[o] as f64;
+                for ci in 0..c {
+                    for j in 0..k {
+                        let at = (i + j) as i64 - pad as i64;
+                        if at >= 0 && (at as usize) < t {
+                            acc += w[(o * c + ci) * k + j] as f64 * x[ci * t + at as usize] as f64;
+                        }
+                    }
+                }
+                y[o * out + i] = if relu { acc.max(0.0) } else { acc };
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn prepared_convs_match_a_naive_conv() {
+        let mut rng = Rng(0x0c0f_fee5);
+        // (channels in, out, frames, kernel, pad, relu): the keyword CNN's two layers
+        // (32 outputs by 47 and 23 frames) and ragged tile edges.
+        for (c, m, t, k, pad, relu) in
+            [(40, 32, 49, 3, 0, true), (32, 32, 23, 3, 1, true), (5, 16, 70, 5, 2, false), (3, 40, 9, 3, 1, true)]
+        {
+            let attrs = ConvAttrs {
+                auto_pad: AutoPad::NotSet,
+                dilations: vec![],
+                group: 1,
+                kernel_shape: vec![k],
+                pads: vec![pad, pad],
+                strides: vec![],
+            };
+            let activation = if relu { FusedActivation::Relu } else { FusedActivation::None };
+            let w = rng.tensor(&[m, c, k]);
+            let b = rng.tensor(&[m]);
+            let xs = [rng.tensor(&[1, c, t]), rng.tensor(&[1, c, t])];
+            let op = ConvOp::ConvAct { attrs, activation };
+            let pairs = planned_vs_eval(op.into(), &xs, &[Some(w.clone()), Some(b.clone())], 1);
+            for (x, (got, _)) in xs.iter().zip(&pairs) {
+                let want = naive_conv1d(
+                    x.as_slice::<f32>().unwrap(),
+                    w.as_slice::<f32>().unwrap(),
+                    b.as_slice::<f32>().unwrap(),
+                    c,
+                    m,
+                    k,
+                    pad,
+                    relu,
+                );
+                let got = got.as_slice::<f32>().unwrap();
+                assert_eq!(got.len(), want.len());
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (*g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                        "c {c} m {m} t {t} k {k} [{i}]: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}
