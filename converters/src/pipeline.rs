@@ -71,6 +71,7 @@ pub fn optimize(g: &mut Graph) -> Result<Vec<String>, floe_engine::Error> {
     note("fuse_linear", passes::fuse_linear(g));
     note("fuse_activation", passes::fuse_activation(g));
     note("spike_accumulate", passes::spike_accumulate(g));
+    note("channels_last", passes::channels_last(g));
     note("remove_dead_nodes", passes::remove_dead_nodes(g));
     note("fold_constants", passes::infer_and_fold(g, FoldOptions::default())?);
     Ok(log)

@@ -9,6 +9,7 @@ pub mod attention;
 mod block_copy;
 pub mod broadcast;
 pub mod causal_conv;
+pub mod channels_last;
 pub mod control;
 pub mod conv;
 pub mod detection;
@@ -137,6 +138,7 @@ op_enum! {
     SpikeLinear(spike_linear::SpikeLinearOp),
     LinearAttention(linear_attention::LinearAttentionOp),
     CausalConv(causal_conv::CausalConvOp),
+    ChannelsLast(channels_last::ChannelsLastOp),
 }
 
 impl Op {

@@ -1,5 +1,6 @@
 //! Graph passes: each a function over a graph, one per file.
 
+pub mod channels_last;
 pub mod dead_nodes;
 pub mod fold_batch_norm;
 pub mod fold_constants;
@@ -15,6 +16,7 @@ pub mod shape_values;
 pub mod spike_accumulate;
 pub mod util;
 
+pub use channels_last::channels_last;
 pub use dead_nodes::remove_dead_nodes;
 pub use fold_batch_norm::fold_batch_norm;
 pub use fold_constants::{infer_and_fold, FoldOptions};

@@ -27,6 +27,7 @@ fn weight_axis(op: &Op, input: usize, rank: usize) -> Option<usize> {
         Op::MatMul(MatMulOp::MatMul | MatMulOp::Linear { .. }) => Some(rank - 1),
         Op::MatMul(MatMulOp::Gemm { trans_b, .. }) => Some(if *trans_b { 0 } else { 1 }),
         Op::Conv(_) if op.name() == "Conv" => Some(0),
+        Op::ChannelsLast(c) => weight_axis(&c.inner, input, rank),
         _ => None,
     }
 }
