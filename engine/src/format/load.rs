@@ -193,6 +193,15 @@ mod tests {
     }
 
     #[test]
+    fn version_3_files_still_load() {
+        let rec = TargetRecord::named("x86_64-avx512");
+        let m = Model::from_bytes(image(&rec, 3), "v3.floe").unwrap();
+        assert_eq!(m.header.version, 3);
+        assert_eq!(m.target, rec);
+        assert_eq!(weight(&m), [1.0, -2.0, 0.5]);
+    }
+
+    #[test]
     fn version_0_is_refused_with_the_versions_this_floe_reads() {
         let mut bytes = image(&TargetRecord::named("generic"), FORMAT_VERSION);
         bytes[8..12].copy_from_slice(&0u32.to_le_bytes());

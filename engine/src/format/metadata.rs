@@ -140,7 +140,7 @@ impl TargetRecord {
     }
 }
 
-/// The whole metadata section (format version 3).
+/// The whole metadata section (format versions 3 and 4: version 4 only adds ops).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Metadata {
     pub info: ModelInfo,
@@ -168,7 +168,7 @@ pub struct MetadataV2 {
 }
 
 impl Metadata {
-    /// Decodes a metadata section written by format `version` (1, 2 or 3).
+    /// Decodes a metadata section written by format `version` (1 to 4).
     pub fn decode(bytes: &[u8], version: u32) -> Result<Metadata, postcard::Error> {
         match version {
             1 => {
@@ -184,7 +184,7 @@ impl Metadata {
         }
     }
 
-    /// Encodes the section as format `version` (1, 2 or 3) writes it.
+    /// Encodes the section as format `version` (1 to 4) writes it.
     pub fn encode(&self, version: u32) -> Result<Vec<u8>, postcard::Error> {
         let (info, tensors, graph) = ((&self.info).into(), self.tensors.clone(), self.graph.clone());
         match version {
