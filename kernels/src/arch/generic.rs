@@ -21,4 +21,5 @@ fn kernel(kc: usize, a: &[f32], b: &[f32], out: &mut [f32]) {
     }
 }
 
-pub const GENERIC: MicroKernel = MicroKernel { name: "generic", mr: MR, nr: NR, run: kernel, run_rows: None };
+pub const GENERIC: MicroKernel =
+    MicroKernel { name: "generic", mr: MR, nr: NR, run: kernel, run_rows: None, run_few: None };

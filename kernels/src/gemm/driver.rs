@@ -80,7 +80,7 @@ impl PackedB {
     }
 
     /// The `kc x nr` panels of slice `p0` starting at panel `jp`.
-    fn panels(&self, p0: usize, kc: usize, jp: usize) -> &[f32] {
+    pub(super) fn panels(&self, p0: usize, kc: usize, jp: usize) -> &[f32] {
         &self.data[p0 * self.padded_n() + jp * kc * self.kernel.nr..]
     }
 

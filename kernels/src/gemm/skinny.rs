@@ -1,10 +1,12 @@
 //! Skinny products (a few rows of A: the streaming case, one frame at a time).
-//! Packing A and B would cost more than the product, so each row of B is read
-//! once, straight from the source (or from its pre-packed panels), and
-//! accumulated into the few output rows held in a per-thread buffer.
+//! Packing A would cost more than the product. Against pre-packed B panels the
+//! micro-kernel's few-rows entry ([`FewRowsFn`]) keeps up to [`SKINNY_ROWS`]
+//! output rows of one panel in registers and reads A in place; otherwise each row
+//! of B is read once, straight from the source, and accumulated into the few
+//! output rows held in a per-thread buffer.
 
-use super::driver::BSource;
-use super::{CBlock, Epilogue, MatRef};
+use super::driver::{BSource, PackedB, KC};
+use super::{CBlock, Epilogue, FewRowsFn, MatRef, SKINNY_ROWS};
 use std::cell::RefCell;
 
 /// Columns accumulated at once (the output rows of one block stay in L1).
@@ -16,6 +18,11 @@ thread_local! {
 
 /// `c = epilogue(alpha * a @ b + beta * c)` for a block with few rows.
 pub(crate) fn gemm(alpha: f32, a: MatRef<'_>, b: BSource<'_>, beta: f32, c: &mut CBlock<'_>, epi: &Epilogue<'_>) {
+    if let BSource::Packed(pb, jp0) = b {
+        if let (Some(few), 1..) = (pb.kernel().run_few, a.cols) {
+            return packed_few(few, alpha, a, pb, jp0, beta, c, epi);
+        }
+    }
     let (m, k, n) = (c.rows, a.cols, c.cols);
     c.scale(beta);
     let jb = match b {
@@ -67,6 +74,61 @@ pub(crate) fn gemm(alpha: f32, a: MatRef<'_>, b: BSource<'_>, beta: f32, c: &mut
                     crow.copy_from_slice(t);
                 } else {
                     epi.finish(i, j0, ld, t, crow);
+                }
+            }
+        }
+    });
+}
+
+/// [`gemm`] against pre-packed panels with the few-rows micro-kernel: per group
+/// of up to [`SKINNY_ROWS`] rows and per panel, one tile per `KC` slice, summed.
+#[allow(clippy::too_many_arguments)]
+fn packed_few(
+    few: FewRowsFn,
+    alpha: f32,
+    a: MatRef<'_>,
+    pb: &PackedB,
+    jp0: usize,
+    beta: f32,
+    c: &mut CBlock<'_>,
+    epi: &Epilogue<'_>,
+) {
+    let (m, k, n, nr) = (c.rows, a.cols, c.cols, pb.kernel().nr);
+    c.scale(beta);
+    ACC.with_borrow_mut(|(sum, buf)| {
+        // A's rows in place when they are contiguous, else copied once
+        let (data, lda) = if a.col_stride == 1 {
+            (a.data, a.row_stride)
+        } else {
+            buf.clear();
+            buf.extend((0..m).flat_map(|i| (0..k).map(move |p| (i, p))).map(|(i, p)| a.at(i, p)));
+            (&buf[..], k)
+        };
+        sum.resize(2 * SKINNY_ROWS * nr, 0.0);
+        let (sum, tile) = sum.split_at_mut(SKINNY_ROWS * nr);
+        let ld = c.ld;
+        for i0 in (0..m).step_by(SKINNY_ROWS) {
+            let rows = SKINNY_ROWS.min(m - i0);
+            for jl in 0..n.div_ceil(nr) {
+                let (j0, w) = (jl * nr, nr.min(n - jl * nr));
+                for p0 in (0..k).step_by(KC) {
+                    let kc = KC.min(k - p0);
+                    let panel = &pb.panels(p0, kc, jp0 + jl)[..kc * nr];
+                    let out = if p0 == 0 { &mut sum[..rows * nr] } else { &mut tile[..rows * nr] };
+                    few(rows, kc, &data[i0 * lda + p0..], lda, panel, out);
+                    if p0 > 0 {
+                        sum.iter_mut().zip(&tile[..rows * nr]).for_each(|(s, t)| *s += t);
+                    }
+                }
+                for i in 0..rows {
+                    let crow = &mut c.row_mut(i0 + i)[j0..j0 + w];
+                    let t = &mut sum[i * nr..i * nr + w];
+                    t.iter_mut().zip(crow.iter()).for_each(|(t, &cv)| *t = cv + alpha * *t);
+                    if epi.is_none() {
+                        crow.copy_from_slice(t);
+                    } else {
+                        epi.finish(i0 + i, j0, ld, t, crow);
+                    }
                 }
             }
         }

@@ -51,4 +51,5 @@ unsafe fn tile(kc: usize, a: *const f32, b: *const f32, out: *mut f32) {
     }
 }
 
-pub const NEON: MicroKernel = MicroKernel { name: "neon-8x8", mr: MR, nr: NR, run: kernel, run_rows: None };
+pub const NEON: MicroKernel =
+    MicroKernel { name: "neon-8x8", mr: MR, nr: NR, run: kernel, run_rows: None, run_few: None };

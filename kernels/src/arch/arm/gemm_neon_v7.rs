@@ -84,4 +84,5 @@ unsafe fn tile(kc: usize, a: *const f32, b: *const f32, out: *mut f32) {
     }
 }
 
-pub const NEON_V7: MicroKernel = MicroKernel { name: "neon-armv7-6x8", mr: MR, nr: NR, run: kernel, run_rows: None };
+pub const NEON_V7: MicroKernel =
+    MicroKernel { name: "neon-armv7-6x8", mr: MR, nr: NR, run: kernel, run_rows: None, run_few: None };
