@@ -7,7 +7,7 @@
 //! only ever see full tiles. Packing buffers are per thread and reused, so a call
 //! allocates nothing once a thread has seen its largest problem.
 
-use super::{CBlock, Epilogue, MatRef, MicroKernel};
+use super::{CBlock, Epilogue, MatRef, MicroKernel, SKINNY_ROWS};
 use std::cell::RefCell;
 
 /// Depth of a packed slice (the A panel `MR x KC` and B panel `KC x NR` stay in L1).
@@ -318,6 +318,12 @@ pub(crate) fn gemm(
         }
         _ => None,
     };
+    // A ragged last row panel of at most SKINNY_ROWS rows of a row-major A runs
+    // as a few-rows tile read in place, not as a mostly empty full tile.
+    let few = match (a, kernel.run_few) {
+        (ASource::Mat(am), Some(f)) if am.col_stride == 1 => Some((am, f)),
+        _ => None,
+    };
     SCRATCH.with_borrow_mut(|(pa, pb, tile)| {
         tile.resize(mr * nr, 0.0);
         let mcb = (MC / mr * mr).max(mr);
@@ -335,15 +341,21 @@ pub(crate) fn gemm(
                 };
                 for i0 in (0..m).step_by(mcb) {
                     let mc = mcb.min(m - i0);
+                    let tail = mc % mr;
+                    let few_tail = few.is_some() && tail > 0 && tail <= SKINNY_ROWS;
+                    // Rows that go through packed panels (the others are read in place).
+                    let packed_rows = if few_tail { mc - tail } else { mc };
                     // Full panels of a row-major A read in place; only a ragged last one is packed.
                     let full = if direct.is_some() { mc / mr * mr } else { 0 };
                     let a_panels: &[f32] = match a {
                         ASource::Mat(am) if direct.is_some() => {
-                            pack_a(am, i0 + full, mc - full, p0, kc, mr, pa);
+                            if packed_rows > full {
+                                pack_a(am, i0 + full, packed_rows - full, p0, kc, mr, pa);
+                            }
                             pa
                         }
                         ASource::Mat(am) => {
-                            pack_a(am, i0, mc, p0, kc, mr, pa);
+                            pack_a(am, i0, packed_rows, p0, kc, mr, pa);
                             pa
                         }
                         ASource::Packed(packed) => packed.panels(i0, p0, kc),
@@ -352,8 +364,12 @@ pub(crate) fn gemm(
                         let bp = &panels[jp * kc * nr..(jp + 1) * kc * nr];
                         let w = nr.min(nc - jr);
                         for (ip, ir) in (0..mc).step_by(mr).enumerate() {
-                            match direct {
-                                Some((am, rows_kernel)) if ir < full => {
+                            match (direct, few) {
+                                (_, Some((am, few_kernel))) if few_tail && ir + mr > mc => {
+                                    let lda = am.row_stride;
+                                    few_kernel(tail, kc, &am.data[(i0 + ir) * lda + p0..], lda, bp, tile);
+                                }
+                                (Some((am, rows_kernel)), _) if ir < full => {
                                     let lda = am.row_stride;
                                     rows_kernel(kc, &am.data[(i0 + ir) * lda + p0..], lda, bp, tile);
                                 }

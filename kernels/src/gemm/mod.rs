@@ -506,13 +506,14 @@ mod tests {
 
     #[test]
     fn skinny_products_on_packed_b_match_the_reference_on_every_kernel() {
-        // 1..=SKINNY_ROWS rows and a few more (groups of rows), inner dimensions
-        // across KC slices, ragged panels, transposed A (copied rows), alpha/beta,
-        // and the fused epilogue.
+        // 1..=SKINNY_ROWS rows and a few more (groups of rows; a full tile plus a
+        // few-rows tail, in place or with packed A panels when B is wide), inner
+        // dimensions across KC slices, ragged panels, transposed A (copied rows),
+        // alpha/beta, and the fused epilogue.
         let mut case = 0u64;
         for kernel in available() {
-            for m in [1, 2, 3, 4, 5, 9] {
-                for (k, n) in [(1, 1), (7, 31), (64, 33), (300, 100), (600, 64)] {
+            for m in [1, 2, 3, 4, 5, 9, 13, 16, 28] {
+                for (k, n) in [(1, 1), (7, 31), (64, 33), (300, 100), (600, 64), (70, 300)] {
                     case += 1;
                     let (a, b, init) = (values(m * k, case), values(k * n, case + 100), values(m * n, case + 200));
                     let bias = values(n, case + 300);
