@@ -180,12 +180,13 @@ pub(super) fn prepare(op: &RnnOp, inputs: &[InferInput<'_>], n_out: usize) -> Re
     }
     let shape_refs: Vec<Option<&[usize]>> = shapes.iter().map(|s| s.as_deref()).collect();
     let dims = dims(attrs, cell, &shape_refs)?;
+    // W, R, B and P are folded into the plan: each must be a constant if given
     let (Some(w), Some(r)) = (constant(inputs, 1), constant(inputs, 2)) else { return Ok(None) };
-    let b = constant(inputs, 3);
-    let p = if let Cell::Lstm { .. } = cell { constant(inputs, 7) } else { None };
-    if b.is_none() && given(inputs, 3).is_some() || p.is_none() && shapes.get(7).is_some_and(|s| s.is_some()) {
-        return Ok(None);
-    }
+    let optional = |i: usize| match shapes.get(i) {
+        Some(Some(_)) => constant(inputs, i).map(Some),
+        _ => Some(None),
+    };
+    let (Some(b), Some(p)) = (optional(3), optional(7)) else { return Ok(None) };
     let acts = op.activations()?;
     let Dims { seq, batch, input, hidden: h, dirs } = dims;
     let gh = cell.gates() * h;
@@ -834,7 +835,11 @@ mod tests {
         let (facts, unknown) = (facts(&ins), Fact::unknown());
         let mut infer = infer_inputs(&ins, &facts, &unknown);
         assert!(prepare(&case.op, &infer, 2).unwrap().is_some());
+        // B known only at run time
+        infer[3].value = None;
+        assert!(prepare(&case.op, &infer, 2).unwrap().is_none());
         // R known only at run time
+        let mut infer = infer_inputs(&ins, &facts, &unknown);
         infer[2].value = None;
         assert!(prepare(&case.op, &infer, 2).unwrap().is_none());
         // f64 X
