@@ -61,8 +61,9 @@ fn load(name: &str) -> (Arc<Plan>, Vec<Tensor>) {
 
 #[test]
 fn runs_after_the_first_allocate_nothing() {
-    for name in ["mlp", "keyword_cnn", "transformer_encoder"] {
+    for name in ["mlp", "keyword_cnn", "transformer_encoder", "gru", "lstm"] {
         let (plan, ins) = load(name);
+        assert_eq!(plan.eval_nodes(), Vec::<&str>::new(), "{name}: nodes without a prepared kernel");
         let mut s = Session::with_options(plan, SessionOptions { threads: 1 });
         for _ in 0..2 {
             s.run_borrowed(&ins, |_, _| {}).unwrap();
@@ -181,5 +182,72 @@ fn lmu_lif_and_spike_linear_allocate_nothing_after_the_first_run() {
         }
         let n = ALLOCS.with(Cell::get) - before;
         assert_eq!(n, 0, "T = {t}: {n} allocations in 5 runs after warm-up");
+    }
+}
+
+/// RNN, GRU and LSTM with every runtime input (sequence_lens, initial_h, initial_c)
+/// and both layouts: the prepared kernel keeps its scratch across runs.
+#[test]
+fn recurrent_layers_with_runtime_states_allocate_nothing_after_the_first_run() {
+    use floe_engine::ops::rnn::{Direction, RnnAttrs, RnnOp};
+    use floe_engine::{DType, Fact, Graph, Shape};
+    let (seq, batch, input, hidden) = (5, 2, 3, 4);
+    let values = |n: usize, k: usize| -> Vec<f32> { (0..n).map(|i| ((i * k) % 13) as f32 * 0.07 - 0.4).collect() };
+    for batch_first in [false, true] {
+        for (ci, gates) in [(0, 1), (1, 3), (2, 4)] {
+            let attrs = RnnAttrs {
+                hidden_size: Some(hidden),
+                direction: Direction::Bidirectional,
+                activations: vec![],
+                clip: None,
+                batch_first,
+            };
+            let op = match ci {
+                0 => RnnOp::Rnn(attrs),
+                1 => RnnOp::Gru { attrs, linear_before_reset: false },
+                _ => RnnOp::Lstm { attrs, input_forget: false },
+            };
+            let n_out = if ci == 2 { 3 } else { 2 };
+            let gh = gates * hidden;
+            let x_shape = if batch_first { [batch, seq, input] } else { [seq, batch, input] };
+            let state = if batch_first { [batch, 2, hidden] } else { [2, batch, hidden] };
+            let mut g = Graph::default();
+            let x = g.add_value("x", Fact::new(DType::F32, Shape::fixed(&x_shape)));
+            let lens = g.add_value("lens", Fact::new(DType::I32, Shape::fixed(&[batch])));
+            let h0 = g.add_value("h0", Fact::new(DType::F32, Shape::fixed(&state)));
+            let c0 = g.add_value("c0", Fact::new(DType::F32, Shape::fixed(&state)));
+            g.inputs = if ci == 2 { vec![x, lens, h0, c0] } else { vec![x, lens, h0] };
+            let w = g.add_const("w", Tensor::from_vec(&[2, gh, input], values(2 * gh * input, 5)).unwrap());
+            let r = g.add_const("r", Tensor::from_vec(&[2, gh, hidden], values(2 * gh * hidden, 7)).unwrap());
+            let b = g.add_const("b", Tensor::from_vec(&[2, 2 * gh], values(4 * gh, 3)).unwrap());
+            let mut node_ins = vec![Some(x), Some(w), Some(r), Some(b), Some(lens), Some(h0)];
+            if ci == 2 {
+                let p = g.add_const("p", Tensor::from_vec(&[2, 3 * hidden], values(6 * hidden, 11)).unwrap());
+                node_ins.extend([Some(c0), Some(p)]);
+            }
+            let outs: Vec<_> = ["y", "y_h", "y_c"][..n_out].iter().map(|&n| g.add_value(n, Fact::unknown())).collect();
+            g.add_node("rnn", op.into(), node_ins, outs.clone());
+            g.outputs = outs;
+            let plan = Arc::new(Plan::new(&g, &Bindings::default()).unwrap());
+            assert_eq!(plan.kernel_coverage(), (1, 1), "layer {ci} batch_first {batch_first}");
+            let mut ins = vec![
+                Tensor::from_vec(&x_shape, values(seq * batch * input, 3)).unwrap(),
+                Tensor::from_vec(&[batch], vec![5i32, 2]).unwrap(),
+                Tensor::from_vec(&state, values(2 * batch * hidden, 9)).unwrap(),
+            ];
+            if ci == 2 {
+                ins.push(Tensor::from_vec(&state, values(2 * batch * hidden, 4)).unwrap());
+            }
+            let mut s = Session::with_options(plan, SessionOptions { threads: 1 });
+            for _ in 0..2 {
+                s.run_borrowed(&ins, |_, _| {}).unwrap();
+            }
+            let before = ALLOCS.with(Cell::get);
+            for _ in 0..5 {
+                s.run_borrowed(&ins, |_, _| {}).unwrap();
+            }
+            let n = ALLOCS.with(Cell::get) - before;
+            assert_eq!(n, 0, "layer {ci} batch_first {batch_first}: {n} allocations in 5 runs after warm-up");
+        }
     }
 }

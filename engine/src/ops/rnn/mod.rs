@@ -7,11 +7,16 @@
 //! or start (reverse) at its own length; `Y` is zero past it and `Y_h`/`Y_c` hold the
 //! state at its last valid step, as onnxruntime does.
 //!
+//! `eval` is the reference path (any dtype, any input constant or not); the
+//! prepared f32 kernel for constant weights and fixed shapes is in [`kernel`].
+//!
 //! Reference: ONNX operator spec, RNN-22 / GRU-22 / LSTM-22 (gate layouts `zrh` for
 //! GRU and `iofc` for LSTM, peepholes `iof`). Activation alpha/beta values are
 //! consumed in order by the activations that take them, with onnxruntime's defaults.
 
-use super::{input, opt_input, EvalCtx, InferInput, OpImpl};
+mod kernel;
+
+use super::{input, opt_input, EvalCtx, InferInput, Kernel, OpImpl};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::shape::{Dim, Fact, Shape};
@@ -222,13 +227,19 @@ impl Real for f64 {
     }
 }
 
-/// Validated inputs of one call, all in layout 0 (`[seq, batch, ...]`).
-struct Problem<R> {
+/// The sizes of one call, checked against the shape of every given input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Dims {
     seq: usize,
     batch: usize,
     input: usize,
     hidden: usize,
     dirs: usize,
+}
+
+/// Validated inputs of one call, all in layout 0 (`[seq, batch, ...]`).
+struct Problem<R> {
+    dims: Dims,
     x: Vec<R>,
     w: Vec<R>,
     r: Vec<R>,
@@ -257,9 +268,9 @@ fn swap01<R: Copy>(v: &[R], a: usize, b: usize, c: usize) -> Vec<R> {
     out
 }
 
-fn check_shape(t: &Tensor, what: &str, want: &[usize]) -> Result<()> {
-    if t.shape() != want {
-        return Err(Error::Shape(format!("{what} must have shape {want:?}, got {:?}", t.shape())));
+fn check_shape(shape: &[usize], what: &str, want: &[usize]) -> Result<()> {
+    if shape != want {
+        return Err(Error::Shape(format!("{what} must have shape {want:?}, got {shape:?}")));
     }
     Ok(())
 }
@@ -274,57 +285,67 @@ fn values<R: Real>(t: &Tensor) -> Result<Vec<R>> {
     Ok(t.to_f64_vec().into_iter().map(R::from_f64).collect())
 }
 
-fn problem<R: Real>(attrs: &RnnAttrs, cell: Cell, inputs: &[Option<&Tensor>]) -> Result<Problem<R>> {
-    let x = input(inputs, 0, "X")?;
-    let w = input(inputs, 1, "W")?;
-    let r = input(inputs, 2, "R")?;
-    if x.rank() != 3 || w.rank() != 3 || r.rank() != 3 {
-        return Err(Error::Shape(format!(
-            "X, W and R must be 3-D, got {:?}, {:?} and {:?}",
-            x.shape(),
-            w.shape(),
-            r.shape()
-        )));
+/// Checks the shapes of the inputs (`shapes[i]` is input `i`'s, `None` when it is
+/// omitted) and returns the sizes they agree on. Shared by `eval` and the prepared
+/// kernel, so both report a bad shape the same way.
+fn dims(attrs: &RnnAttrs, cell: Cell, shapes: &[Option<&[usize]>]) -> Result<Dims> {
+    let given = |i: usize| shapes.get(i).copied().flatten();
+    let required = |i: usize, what: &str| given(i).ok_or_else(|| Error::Invalid(format!("missing input {i} ({what})")));
+    let (x, w, r) = (required(0, "X")?, required(1, "W")?, required(2, "R")?);
+    if x.len() != 3 || w.len() != 3 || r.len() != 3 {
+        return Err(Error::Shape(format!("X, W and R must be 3-D, got {x:?}, {w:?} and {r:?}")));
     }
-    let (seq, batch, input) = if attrs.batch_first {
-        (x.shape()[1], x.shape()[0], x.shape()[2])
-    } else {
-        (x.shape()[0], x.shape()[1], x.shape()[2])
-    };
+    let (seq, batch, input) = if attrs.batch_first { (x[1], x[0], x[2]) } else { (x[0], x[1], x[2]) };
     let dirs = attrs.direction.count();
     let g = cell.gates();
-    let hidden = r.shape()[2];
+    let hidden = r[2];
     if hidden == 0 {
-        return Err(Error::Shape(format!("R {:?} gives a hidden size of 0", r.shape())));
+        return Err(Error::Shape(format!("R {r:?} gives a hidden size of 0")));
     }
     if let Some(h) = attrs.hidden_size {
         if h != hidden {
-            return Err(Error::Shape(format!("hidden_size is {h} but R has shape {:?}", r.shape())));
+            return Err(Error::Shape(format!("hidden_size is {h} but R has shape {r:?}")));
         }
     }
     check_shape(w, "W", &[dirs, g * hidden, input])?;
     check_shape(r, "R", &[dirs, g * hidden, hidden])?;
+    if let Some(b) = given(3) {
+        check_shape(b, "B", &[dirs, 2 * g * hidden])?;
+    }
+    if let Some(l) = given(4) {
+        check_shape(l, "sequence_lens", &[batch])?;
+    }
     let state_shape = if attrs.batch_first { [batch, dirs, hidden] } else { [dirs, batch, hidden] };
-    let state = |i: usize, what: &str| -> Result<Option<Vec<R>>> {
+    if let Some(h0) = given(5) {
+        check_shape(h0, "initial_h", &state_shape)?;
+    }
+    if let Cell::Lstm { .. } = cell {
+        if let Some(p) = given(7) {
+            check_shape(p, "P", &[dirs, 3 * hidden])?;
+        }
+        if let Some(c0) = given(6) {
+            check_shape(c0, "initial_c", &state_shape)?;
+        }
+    }
+    Ok(Dims { seq, batch, input, hidden, dirs })
+}
+
+fn problem<R: Real>(attrs: &RnnAttrs, cell: Cell, inputs: &[Option<&Tensor>]) -> Result<Problem<R>> {
+    let shapes: Vec<Option<&[usize]>> = inputs.iter().map(|t| t.map(|t| t.shape())).collect();
+    let dims = dims(attrs, cell, &shapes)?;
+    let Dims { seq, batch, input: n_in, hidden, dirs } = dims;
+    let state = |i: usize| -> Result<Option<Vec<R>>> {
         match opt_input(inputs, i) {
             None => Ok(None),
             Some(t) => {
-                check_shape(t, what, &state_shape)?;
                 let v = values::<R>(t)?;
                 Ok(Some(if attrs.batch_first { swap01(&v, batch, dirs, hidden) } else { v }))
             }
         }
     };
-    let b = match opt_input(inputs, 3) {
-        Some(t) => {
-            check_shape(t, "B", &[dirs, 2 * g * hidden])?;
-            Some(values::<R>(t)?)
-        }
-        None => None,
-    };
+    let b = opt_input(inputs, 3).map(values::<R>).transpose()?;
     let lens = match opt_input(inputs, 4) {
         Some(t) => {
-            check_shape(t, "sequence_lens", &[batch])?;
             let v = t.to_i64_vec()?;
             if let Some(&bad) = v.iter().find(|&&l| l < 0 || l as usize > seq) {
                 bail!("sequence_lens value {bad} is outside [0, {seq}]");
@@ -333,22 +354,16 @@ fn problem<R: Real>(attrs: &RnnAttrs, cell: Cell, inputs: &[Option<&Tensor>]) ->
         }
         None => vec![seq; batch],
     };
-    let h0 = state(5, "initial_h")?;
+    let h0 = state(5)?;
     let (c0, p) = if let Cell::Lstm { .. } = cell {
-        let p = match opt_input(inputs, 7) {
-            Some(t) => {
-                check_shape(t, "P", &[dirs, 3 * hidden])?;
-                Some(values::<R>(t)?)
-            }
-            None => None,
-        };
-        (state(6, "initial_c")?, p)
+        (state(6)?, opt_input(inputs, 7).map(values::<R>).transpose()?)
     } else {
         (None, None)
     };
-    let xv = values::<R>(x)?;
-    let x = if attrs.batch_first { swap01(&xv, batch, seq, input) } else { xv };
-    Ok(Problem { seq, batch, input, hidden, dirs, x, w: values::<R>(w)?, r: values::<R>(r)?, b, p, h0, c0, lens })
+    let xv = values::<R>(input(inputs, 0, "X")?)?;
+    let x = if attrs.batch_first { swap01(&xv, batch, seq, n_in) } else { xv };
+    let (w, r) = (values::<R>(input(inputs, 1, "W")?)?, values::<R>(input(inputs, 2, "R")?)?);
+    Ok(Problem { dims, x, w, r, b, p, h0, c0, lens })
 }
 
 /// Row-major `rows x cols` -> its transpose.
@@ -378,7 +393,7 @@ fn run<R: Real>(
     acts: &[Activation],
     clip: Option<f32>,
 ) -> Outputs<R> {
-    let Problem { seq, batch, input, hidden: h, dirs, .. } = *pb;
+    let Dims { seq, batch, input, hidden: h, dirs } = pb.dims;
     let g = cell.gates();
     let gh = g * h;
     let zero = R::zero();
@@ -534,7 +549,7 @@ impl RnnOp {
         let acts = self.activations()?;
         let pb = problem::<R>(attrs, cell, inputs)?;
         let out = run(&pb, cell, attrs.direction, &acts, attrs.clip);
-        let Problem { seq, batch, hidden, dirs, .. } = pb;
+        let Dims { seq, batch, hidden, dirs, .. } = pb.dims;
         let (y, yh, yc) = if attrs.batch_first {
             // [seq, dirs, batch, h] -> [batch, seq, dirs, h]; [dirs, batch, h] -> [batch, dirs, h]
             let y = swap01(&out.y, seq * dirs, batch, hidden);
@@ -610,6 +625,10 @@ impl OpImpl for RnnOp {
             }
             other => unsupported!("{} on {other} input", self.name()),
         }
+    }
+
+    fn kernel(&self, inputs: &[InferInput<'_>], outputs: &[Fact]) -> Result<Option<Box<dyn Kernel>>> {
+        Ok(kernel::prepare(self, inputs, outputs.len())?.map(|k| Box::new(k) as Box<dyn Kernel>))
     }
 }
 
