@@ -61,19 +61,22 @@ impl Act {
 /// The right-hand side of a per-step product (a transposed slice of R), stored the
 /// way the GEMM reads it fastest for this batch size.
 enum Recurrent {
-    /// Row-major `k x n`, streamed row by row by the skinny GEMM (few batch rows).
+    /// Row-major `k x n`, streamed row by row by the skinny GEMM (few batch rows,
+    /// on a micro-kernel without a few-rows entry).
     Rows { data: Vec<f32>, k: usize, n: usize },
-    /// Panels packed for the blocked driver.
+    /// Panels packed for the blocked driver, or for the micro-kernel's few-rows
+    /// tiles (which beat streaming rows several times over).
     Packed(PackedB),
 }
 
 impl Recurrent {
     fn new(m: MatRef<'_>, batch: usize) -> Recurrent {
-        if batch <= gemm::SKINNY_ROWS {
+        let kernel = gemm::selected();
+        if batch <= gemm::SKINNY_ROWS && kernel.run_few.is_none() {
             let data = (0..m.rows).flat_map(|i| (0..m.cols).map(move |j| m.at(i, j))).collect();
             Recurrent::Rows { data, k: m.rows, n: m.cols }
         } else {
-            Recurrent::Packed(PackedB::new(gemm::selected(), m))
+            Recurrent::Packed(PackedB::new(kernel, m))
         }
     }
 
@@ -732,8 +735,9 @@ mod tests {
     }
 
     #[test]
-    fn one_and_many_batch_rows_take_both_recurrent_paths() {
-        // batch 1 streams plain rows of R^T; batch 7 (> SKINNY_ROWS) uses packed panels
+    fn one_and_many_batch_rows_match_eval_on_either_recurrent_path() {
+        // batch 1 (few-rows tiles, or plain rows of R^T on a kernel without them) and
+        // batch 7 (> SKINNY_ROWS: packed panels through the blocked driver)
         let mut seed = 1000;
         for cell in CELLS {
             for direction in DIRECTIONS {
