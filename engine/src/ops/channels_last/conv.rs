@@ -68,12 +68,7 @@ pub(super) fn prepare(
     if outputs[0].shape.as_ref().and_then(|s| s.as_fixed()) != Some(vec![batch, t_out, m]) {
         return Ok(None);
     }
-    let bias = match inputs.get(2).and_then(|b| b.value) {
-        Some(b) if b.dtype() == DType::F32 && b.numel() == m => b.as_slice::<f32>()?.to_vec(),
-        Some(_) => return Ok(None),
-        None if inputs.get(2).is_some_and(|b| b.fact.dtype.is_some()) => return Ok(None), // a runtime bias
-        None => vec![0.0; m],
-    };
+    let Some(bias) = crate::ops::conv::constant_bias(inputs, m)? else { return Ok(None) };
     let w = w.as_slice::<f32>()?;
     // B[(j, ci), mo] = W[mo, ci, j]
     let mut b = vec![0f32; taps * c * m];

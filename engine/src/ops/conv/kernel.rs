@@ -107,12 +107,7 @@ pub(super) fn prepare(
     if [nk, no, sp].iter().any(|&v| v > u32::MAX as usize / 2) {
         return Ok(None);
     }
-    let bias = match inputs.get(2).and_then(|b| b.value) {
-        Some(b) if b.dtype() == DType::F32 && b.numel() == m => b.as_slice::<f32>()?.to_vec(),
-        Some(_) => return Ok(None),
-        None if inputs.get(2).is_some_and(|b| b.fact.dtype.is_some()) => return Ok(None), // a runtime bias
-        None => vec![0.0; m],
-    };
+    let Some(bias) = super::constant_bias(inputs, m)? else { return Ok(None) };
     let idx = win.im2col_index(&xs[2..])?;
     let cols = if nk == 1 && no == sp && idx.iter().enumerate().all(|(i, &v)| v == i) {
         Cols::Direct

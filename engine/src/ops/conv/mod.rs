@@ -63,6 +63,18 @@ pub enum ConvOp {
     ConvInteger(ConvAttrs),
 }
 
+/// The bias of a prepared f32 conv with `m` outputs: the constant input 2, or
+/// zeros when it is absent; `None` when it is given at run time or does not fit
+/// (the op's `eval` then runs and reports any mismatch).
+pub(crate) fn constant_bias(inputs: &[super::InferInput<'_>], m: usize) -> Result<Option<Vec<f32>>> {
+    Ok(match inputs.get(2).and_then(|b| b.value) {
+        Some(b) if b.dtype() == DType::F32 && b.numel() == m => Some(b.as_slice::<f32>()?.to_vec()),
+        Some(_) => None,
+        None if inputs.get(2).is_some_and(|b| b.fact.dtype.is_some()) => None,
+        None => Some(vec![0.0; m]),
+    })
+}
+
 /// Marks an im2col / col2im entry that falls into padding.
 pub(crate) const PAD: usize = usize::MAX;
 

@@ -24,21 +24,7 @@ fn kernel_rows(kc: usize, a: &[f32], lda: usize, b: &[f32], out: &mut [f32]) {
     unsafe { tile::<true, MR>(kc, a.as_ptr(), lda, b.as_ptr(), out.as_mut_ptr()) }
 }
 
-fn kernel_few(rows: usize, kc: usize, a: &[f32], lda: usize, b: &[f32], out: &mut [f32]) {
-    assert!((1..=SKINNY_ROWS).contains(&rows) && kc > 0, "1..={SKINNY_ROWS} rows, kc > 0");
-    assert!(a.len() >= (rows - 1) * lda + kc, "A rows too short");
-    assert!(b.len() >= kc * NR && out.len() >= rows * NR, "packed panel too short");
-    let (a, b, o) = (a.as_ptr(), b.as_ptr(), out.as_mut_ptr());
-    // SAFETY: as in `kernel_rows`, for `rows` rows (checked above).
-    unsafe {
-        match rows {
-            1 => tile::<true, 1>(kc, a, lda, b, o),
-            2 => tile::<true, 2>(kc, a, lda, b, o),
-            3 => tile::<true, 3>(kc, a, lda, b, o),
-            _ => tile::<true, 4>(kc, a, lda, b, o),
-        }
-    }
-}
+few_rows_entry!(kernel_few, NR, tile, true);
 
 /// The first `R` rows of the tile (`R <= MR`; `out` row stride `NR`).
 ///
