@@ -98,6 +98,8 @@ pub fn convert(path: &Path, opts: &ConvertOptions) -> Result<Conversion, Convert
         passes.push(format!("lower_knn_attention: {n}"));
     }
     let quantized = passes::quantize_weights(&mut graph, opts.quantize).map_err(eng)?;
+    // Weights that folds or quantization replaced are not stored.
+    passes::drop_unused_constants(&mut graph);
     let stream = match &opts.stream {
         Some(spec) => Some(check_stream(&graph, spec).map_err(eng)?),
         None => None,

@@ -17,7 +17,7 @@ pub mod spike_accumulate;
 pub mod util;
 
 pub use channels_last::channels_last;
-pub use dead_nodes::remove_dead_nodes;
+pub use dead_nodes::{drop_unused_constants, remove_dead_nodes};
 pub use fold_batch_norm::fold_batch_norm;
 pub use fold_constants::{infer_and_fold, FoldOptions};
 pub use fuse_activation::fuse_activation;
