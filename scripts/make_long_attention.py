@@ -55,5 +55,50 @@ def main():
     print(f"{path}: {len(nodes)} nodes, {os.path.getsize(path)} bytes")
 
 
+def bench_models():
+    """attention_2048.onnx and attention_2048_causal.onnx: self-attention over 2048
+    tokens, 2 heads of 64, no weights; what `floe compare` runs with
+    `--attention exact` against `--attention unfused` (docs/attention.md).
+
+    - attention_2048: the hand-written (HF eager) form, MatMul(q, Transpose(k)) ->
+      Div(sqrt(64)) -> Softmax -> MatMul(v).
+    - attention_2048_causal: F.scaled_dot_product_attention(is_causal=True) as the
+      TorchScript exporter writes it (Expand -> Trilu -> Where(Equal) mask added to
+      the scores; static shapes, so it folds to the causal triangle).
+    """
+    b, h, l, d = 1, 2, 2048, 64
+    for name, causal in (("attention_2048", False), ("attention_2048_causal", True)):
+        nodes, inits = [], []
+
+        def const(cname, arr):
+            inits.append(numpy_helper.from_array(np.asarray(arr), cname))
+            return cname
+
+        def op(op_type, inputs, out, **attrs):
+            nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+            return out
+
+        kt = op("Transpose", ["k"], "kt", perm=[0, 1, 3, 2])
+        scores = op("Div", [op("MatMul", ["q", kt], "qk"), const("sqrt_d", np.array(np.sqrt(d), np.float32))], "scores")
+        if causal:
+            m1, m2 = const("m1", np.array([-1], np.int64)), const("m2", np.array([-2], np.int64))
+            size = op("Concat", [op("Slice", [op("Shape", ["q"], "q_shape"), m2, m1], "lq"),
+                                 op("Slice", [op("Shape", ["k"], "k_shape"), m2, m1], "lk")], "size", axis=0)
+            ones = op("Trilu", [op("Expand", [const("ones", np.array([1.0], np.float32)), size], "full")], "tril", upper=0)
+            zero, neg_inf = const("zero", np.array([0.0], np.float32)), const("neg_inf", np.array([-np.inf], np.float32))
+            mask = op("Where", [op("Equal", [ones, zero], "above"), neg_inf, zero], "mask")
+            scores = op("Add", [scores, mask], "masked")
+        op("MatMul", [op("Softmax", [scores], "probs", axis=-1), "v"], "y")
+        info = [helper.make_tensor_value_info(n, F, [b, h, l, d]) for n in ("q", "k", "v")]
+        g = helper.make_graph(nodes, name, info, [helper.make_tensor_value_info("y", F, [b, h, l, d])], inits)
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)], producer_name="floe-make-long-attention")
+        model.ir_version = 8
+        onnx.checker.check_model(model, full_check=True)
+        path = os.path.join(OUT, name + ".onnx")
+        onnx.save(model, path)
+        print(f"{path}: {len(nodes)} nodes, {os.path.getsize(path)} bytes")
+
+
 if __name__ == "__main__":
     main()
+    bench_models()

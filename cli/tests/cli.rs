@@ -430,6 +430,30 @@ fn convert_attention_knn_lowers_long_attention_and_compares_near_exact() {
 }
 
 #[test]
+fn convert_attention_unfused_keeps_the_exported_ops_with_the_same_outputs() {
+    let model = repo("examples/models/long_attention.onnx");
+    let (exact, unfused) = (tmp("long_exact_vs_unfused.floe"), tmp("long_unfused.floe"));
+    let o = floe(&["convert", &model, "-o", exact.to_str().unwrap()]);
+    assert!(o.status.success() && text(&o).contains("pass fuse_attention: 1"), "{}", text(&o));
+    let o = floe(&["convert", &model, "-o", unfused.to_str().unwrap(), "--attention", "unfused"]);
+    let t = text(&o);
+    assert!(o.status.success() && !t.contains("fuse_attention"), "{t}");
+    let o = floe(&["inspect", unfused.to_str().unwrap()]);
+    let t = text(&o);
+    assert!(o.status.success() && t.contains("Softmax") && !t.contains("Attention"), "{t}");
+    let o = floe(&["compare", exact.to_str().unwrap(), unfused.to_str().unwrap(), "--runs", "1", "--threads", "1"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let row = t.lines().find(|l| l.starts_with("y ")).unwrap_or_else(|| panic!("{t}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    let (err, cos): (f64, f64) = (cols[1].parse().unwrap(), cols[2].parse().unwrap());
+    assert!(err < 1e-5 && cos > 0.99999, "fused vs unfused: {t}");
+    // k-NN lowering needs the fused op
+    let o = floe(&["convert", &model, "-o", unfused.to_str().unwrap(), "--attention", "unfused:k=3"]);
+    assert!(!o.status.success() && text(&o).contains("expected `exact`, `unfused`"), "{}", text(&o));
+}
+
+#[test]
 fn convert_attention_knn_keeps_short_symbolic_attention_and_says_why() {
     let out = tmp("te-knn.floe");
     let model = repo("examples/models/transformer_encoder.onnx");

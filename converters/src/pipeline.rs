@@ -18,11 +18,20 @@ pub struct ConvertOptions {
     /// `--attention knn[:...]`: lower long attention to k-NN attention after the
     /// portable passes. `None`: keep exact attention.
     pub attention: Option<passes::KnnLowering>,
+    /// `--attention unfused` sets this false: softmax attention stays the ops the
+    /// exporter wrote (MatMul, Softmax, ...), for comparing with the fused op.
+    pub fuse_attention: bool,
 }
 
 impl Default for ConvertOptions {
     fn default() -> Self {
-        ConvertOptions { quantize: Quantization::None, target: "generic".into(), stream: None, attention: None }
+        ConvertOptions {
+            quantize: Quantization::None,
+            target: "generic".into(),
+            stream: None,
+            attention: None,
+            fuse_attention: true,
+        }
     }
 }
 
@@ -53,6 +62,12 @@ pub enum ConvertError {
 
 /// Runs the portable passes in order; returns a line per pass that fired.
 pub fn optimize(g: &mut Graph) -> Result<Vec<String>, floe_engine::Error> {
+    optimize_with(g, true)
+}
+
+/// [`optimize`], with attention fusion only when `fuse_attention` (off: the
+/// exporter's MatMul/Softmax attention runs op by op, `--attention unfused`).
+pub fn optimize_with(g: &mut Graph, fuse_attention: bool) -> Result<Vec<String>, floe_engine::Error> {
     let mut log = Vec::new();
     let mut note = |name: &str, n: usize| {
         if n > 0 {
@@ -63,7 +78,9 @@ pub fn optimize(g: &mut Graph) -> Result<Vec<String>, floe_engine::Error> {
     note("fold_batch_norm", passes::fold_batch_norm(g));
     note("fuse_layer_norm", passes::fuse_layer_norm(g));
     note("fuse_gelu", passes::fuse_gelu(g));
-    note("fuse_attention", passes::fuse_attention(g));
+    if fuse_attention {
+        note("fuse_attention", passes::fuse_attention(g));
+    }
     note("fuse_linear_attention", passes::fuse_linear_attention(g));
     // Fusions above leave their replaced nodes behind; drop them first so that a
     // product they read counts as having one consumer.
@@ -83,7 +100,12 @@ pub fn convert(path: &Path, opts: &ConvertOptions) -> Result<Conversion, Convert
     let model = onnx::load(path)?;
     let mut graph = model.graph;
     let eng = |error| ConvertError::Engine { path: path.display().to_string(), error };
-    let mut passes = optimize(&mut graph).map_err(eng)?;
+    if opts.attention.is_some() && !opts.fuse_attention {
+        return Err(ConvertError::Options(
+            "--attention knn needs fused attention; it cannot be combined with unfused".into(),
+        ));
+    }
+    let mut passes = optimize_with(&mut graph, opts.fuse_attention).map_err(eng)?;
     let attention = match &opts.attention {
         Some(_) if opts.stream.is_some() => {
             return Err(ConvertError::Options(

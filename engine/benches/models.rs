@@ -1,6 +1,9 @@
 //! End-to-end latency of the differential-test models (examples/models) in floe,
 //! tract-onnx and rten, same process, same inputs (the committed reference
-//! inputs), at 1 thread and at all physical cores.
+//! inputs), at 1 thread and at all physical cores; and, one thread, self-attention
+//! over 2048 tokens (examples/models/attention_2048*.onnx, 2 heads of 64, random
+//! inputs) as floe's fused Attention op against the same engine running the
+//! exporter's MatMul/Softmax ops unfused (`--attention unfused`) and tract.
 //!
 //!     cargo bench -p floe-engine --bench models
 
@@ -27,8 +30,12 @@ fn inputs(name: &str) -> Vec<Tensor> {
 }
 
 fn floe_session(name: &str, ins: &[Tensor], threads: usize) -> Session {
+    floe_session_with(name, ins, threads, true)
+}
+
+fn floe_session_with(name: &str, ins: &[Tensor], threads: usize, fuse_attention: bool) -> Session {
     let mut m = floe_convert::load(models_dir().join(format!("{name}.onnx"))).expect("import");
-    floe_convert::pipeline::optimize(&mut m.graph).expect("optimize");
+    floe_convert::pipeline::optimize_with(&mut m.graph, fuse_attention).expect("optimize");
     let mut b = Bindings::default();
     for (&id, t) in m.graph.inputs.iter().zip(ins) {
         b.shapes.insert(m.graph.values[id].name.clone(), t.shape().to_vec());
@@ -77,7 +84,37 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+fn attention(c: &mut Criterion) {
+    let mut g = c.benchmark_group("attention_2048_1_thread");
+    g.sample_size(10);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut random = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    };
+    let shape = [1usize, 2, 2048, 64];
+    let ins: Vec<Tensor> =
+        (0..3).map(|_| Tensor::from_vec(&shape, random(shape.iter().product())).expect("tensor")).collect();
+    for name in ["attention_2048", "attention_2048_causal"] {
+        for (label, fuse) in [("floe", true), ("floe-unfused", false)] {
+            let mut s = floe_session_with(name, &ins, 1, fuse);
+            g.bench_function(format!("{name}/{label}"), |b| {
+                b.iter(|| black_box(s.run_borrowed(&ins, |_, _| {}).expect("run").len()))
+            });
+        }
+        let (plan, values) = tract_plan(name, &ins);
+        g.bench_function(format!("{name}/tract"), |b| {
+            b.iter(|| black_box(plan.run(values.clone()).expect("tract run")))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, attention);
 criterion_main!(benches);
 
 /// rten, loading the same ONNX file, with its own thread pool of `threads`.

@@ -12,7 +12,7 @@
 //! definition does in any floating-point evaluation).
 
 use crate::vecmath::driver::{load_padded, max, scale_in_place, store_partial};
-use crate::vecmath::funcs::exp;
+use crate::vecmath::funcs::{exp, exp_weight};
 use crate::vecmath::simd::Simd;
 
 /// In-place softmax of one row: `e^(x_i - max) / sum_j e^(x_j - max)`.
@@ -47,6 +47,76 @@ pub(crate) fn softmax_row<S: Simd>(s: S, row: &mut [f32]) {
         acc = s.add(acc, e);
     }
     scale_in_place(s, row, 1.0 / s.reduce_sum(acc));
+}
+
+/// One online-softmax step of the tiled attention kernel, on instruction set `S`,
+/// over a tile of scores held keys by queries: `tile` is `rows x width` row-major and
+/// column `c` belongs to query `c`. With `m_c = max(max[c], max_r tile[r][c])` and
+/// the shift `z_c = m_c` (0 while `m_c` is still `-inf`): `tile[r][c] = exp(tile[r][c]
+/// - z_c)`, `corr_c = exp(max[c] - z_c)`, `sum[c] = sum[c] * corr_c + sum_r tile[r][c]`,
+/// every `width`-wide row of `acc` is multiplied by `corr`, and `max[c] = m_c`. A
+/// column that is all `-inf` so far gets zero weights and a zero correction.
+///
+/// # Panics
+/// If `max` or `sum` is not `width` long, or `tile` or `acc` is not whole rows.
+#[inline(always)]
+pub(crate) fn online_softmax_cols<S: Simd>(
+    s: S,
+    tile: &mut [f32],
+    width: usize,
+    max: &mut [f32],
+    sum: &mut [f32],
+    acc: &mut [f32],
+) {
+    assert!(width > 0 && max.len() == width && sum.len() == width, "online softmax: column state is not {width} wide");
+    assert!(
+        tile.len().is_multiple_of(width) && acc.len().is_multiple_of(width),
+        "online softmax: a tile of ragged rows"
+    );
+    let ninf = f32::NEG_INFINITY;
+    for c0 in (0..width).step_by(S::LANES) {
+        let n = S::LANES.min(width - c0);
+        let ld = |x: &[f32], pad: f32| {
+            if n == S::LANES {
+                s.load(&x[c0..c0 + n])
+            } else {
+                load_padded(s, &x[c0..c0 + n], pad)
+            }
+        };
+        let st = |v: S::F, x: &mut [f32]| {
+            if n == S::LANES {
+                s.store(v, &mut x[c0..c0 + n])
+            } else {
+                store_partial(s, v, &mut x[c0..c0 + n])
+            }
+        };
+        let old = ld(max, ninf);
+        // Four running maxima, so the loop is not one chain of dependent `max`es.
+        let mut m4 = [old; 4];
+        let mut rows4 = tile.chunks_exact(4 * width);
+        for rows in &mut rows4 {
+            for (m, row) in m4.iter_mut().zip(rows.chunks_exact(width)) {
+                *m = s.max(*m, ld(row, ninf));
+            }
+        }
+        for row in rows4.remainder().chunks_exact(width) {
+            m4[0] = s.max(m4[0], ld(row, ninf));
+        }
+        let m = s.max(s.max(m4[0], m4[1]), s.max(m4[2], m4[3]));
+        let shift = s.select(s.eq(m, s.splat(ninf)), s.splat(0.0), m);
+        let corr = exp_weight(s, s.sub(old, shift));
+        let mut total = s.splat(0.0);
+        for row in tile.chunks_exact_mut(width) {
+            let e = exp_weight(s, s.sub(ld(row, ninf), shift));
+            st(e, row);
+            total = s.add(total, e);
+        }
+        st(s.mul_add(ld(sum, 0.0), corr, total), sum);
+        st(m, max);
+        for row in acc.chunks_exact_mut(width) {
+            st(s.mul(ld(row, 0.0), corr), row);
+        }
+    }
 }
 
 /// One step of an online softmax on instruction set `S`: with `m = max(prev_max,

@@ -325,6 +325,63 @@ fn softmax_and_log_softmax_match_f64_on_every_path_and_length() {
     }
 }
 
+#[test]
+fn the_online_softmax_step_over_columns_matches_f64_on_every_path_and_width() {
+    let mut rng = Rng::new(5);
+    for isa in available() {
+        for width in [1usize, 5, 16, 20, 32, 33] {
+            for rows in [1usize, 3, 4, 7, 13] {
+                let mut tile = rng.values(rows * width, -30.0, 30.0);
+                tile[0] = f32::NEG_INFINITY; // a masked score
+                                             // column 1 is all masked (a query that sees none of these keys)
+                if width > 1 {
+                    (0..rows).for_each(|r| tile[r * width + 1] = f32::NEG_INFINITY);
+                }
+                // running state: column 0 fresh, the others from an earlier tile
+                let mut max = rng.values(width, -20.0, 20.0);
+                max[0] = f32::NEG_INFINITY;
+                let mut sum = rng.values(width, 1.0, 5.0);
+                sum[0] = 0.0;
+                let mut acc = rng.values(3 * width, -2.0, 2.0);
+                let (t0, m0, s0, a0) = (tile.clone(), max.clone(), sum.clone(), acc.clone());
+                isa.online_softmax_cols(&mut tile, width, &mut max, &mut sum, &mut acc);
+                for c in 0..width {
+                    let col_max = (0..rows).map(|r| t0[r * width + c] as f64).fold(f64::NEG_INFINITY, f64::max);
+                    let m = col_max.max(m0[c] as f64);
+                    let shift = if m == f64::NEG_INFINITY { 0.0 } else { m };
+                    let corr = (m0[c] as f64 - shift).exp();
+                    let close = |got: f32, want: f64| (got as f64 - want).abs() <= 2e-6 * want.abs() + 1e-30;
+                    let name = isa.name();
+                    assert_eq!(max[c] as f64, m, "{name} width {width} rows {rows} col {c}: max");
+                    let mut total = 0.0;
+                    for r in 0..rows {
+                        let w = (t0[r * width + c] as f64 - shift).exp();
+                        total += w;
+                        assert!(
+                            close(tile[r * width + c], w),
+                            "{name} w{width} r{rows} [{r}][{c}]: {} vs {w}",
+                            tile[r * width + c]
+                        );
+                    }
+                    let want_sum = s0[c] as f64 * corr + total;
+                    assert!(close(sum[c], want_sum), "{name} w{width} r{rows} col {c}: sum {} vs {want_sum}", sum[c]);
+                    for r in 0..3 {
+                        let want = a0[r * width + c] as f64 * corr;
+                        assert!(
+                            close(acc[r * width + c], want),
+                            "{name} acc [{r}][{c}]: {} vs {want}",
+                            acc[r * width + c]
+                        );
+                    }
+                }
+                if width > 1 {
+                    assert!((0..rows).all(|r| tile[r * width + 1] == 0.0), "masked scores give exactly 0");
+                }
+            }
+        }
+    }
+}
+
 fn naive_mean_var(x: &[f32]) -> (f64, f64) {
     let n = x.len() as f64;
     let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;

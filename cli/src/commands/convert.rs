@@ -55,7 +55,10 @@ pub struct ConvertArgs {
     /// recorded in the file as `floe stream`'s default.
     #[arg(long, value_name = "T|windowed:N[@T]")]
     stream: Option<floe_engine::stream::StreamSpec>,
-    /// Attention kernel: `exact` keeps softmax attention; `knn` lowers each fused
+    /// Attention kernel: `exact` fuses every softmax-attention pattern into one
+    /// Attention op (tiled exact kernel); `unfused` leaves the exporter's MatMul /
+    /// Softmax ops as they are (to measure or debug the fusion with `floe compare`;
+    /// ONNX Attention ops stay ops); `knn` lowers each fused
     /// Attention over at least min_keys keys (default 1024; known at conversion) to
     /// IceFormer k-NN attention, which attends only to each query's k best-matching
     /// keys (approximate, faster on long sequences). Only causal and key-padding
@@ -63,20 +66,25 @@ pub struct ConvertArgs {
     /// read qk output stays exact, and each node's decision is printed. Parameters
     /// after a colon, e.g. `knn:k=32,min_keys=512,seed=7` (also lc, m, levels,
     /// prop_to_retrieve, field_of_view, ...; see docs/attention.md).
-    #[arg(long, value_name = "exact|knn[:k=20,...]", default_value = "exact", value_parser = parse_attention)]
+    #[arg(long, value_name = "exact|unfused|knn[:k=20,...]", default_value = "exact", value_parser = parse_attention)]
     attention: AttentionArg,
 }
 
-/// `--attention`: `None` for exact.
+/// `--attention`.
 #[derive(Clone, Debug)]
-struct AttentionArg(Option<KnnLowering>);
+enum AttentionArg {
+    Exact,
+    Unfused,
+    Knn(KnnLowering),
+}
 
 fn parse_attention(s: &str) -> Result<AttentionArg, String> {
     match s.trim().split_once(':') {
-        None if s.trim() == "exact" => Ok(AttentionArg(None)),
-        None if s.trim() == "knn" => Ok(AttentionArg(Some(KnnLowering::default()))),
-        Some(("knn", list)) => KnnLowering::parse(list).map(|l| AttentionArg(Some(l))),
-        _ => Err(format!("expected `exact`, `knn` or `knn:key=value,...`, got `{s}`")),
+        None if s.trim() == "exact" => Ok(AttentionArg::Exact),
+        None if s.trim() == "unfused" => Ok(AttentionArg::Unfused),
+        None if s.trim() == "knn" => Ok(AttentionArg::Knn(KnnLowering::default())),
+        Some(("knn", list)) => KnnLowering::parse(list).map(AttentionArg::Knn),
+        _ => Err(format!("expected `exact`, `unfused`, `knn` or `knn:key=value,...`, got `{s}`")),
     }
 }
 
@@ -122,7 +130,11 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
         quantize,
         target: a.target.clone(),
         stream: a.stream.clone(),
-        attention: a.attention.0.clone(),
+        attention: match &a.attention {
+            AttentionArg::Knn(l) => Some(l.clone()),
+            _ => None,
+        },
+        fuse_attention: !matches!(a.attention, AttentionArg::Unfused),
     };
     let conv = convert(&a.model, &opts);
     spinner.finish_and_clear();
@@ -130,7 +142,7 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
     for p in &conv.passes {
         println!("pass {p}");
     }
-    if let Some(lowering) = &a.attention.0 {
+    if let AttentionArg::Knn(lowering) = &a.attention {
         if conv.attention.is_empty() {
             println!("attention: no Attention node to lower");
         }

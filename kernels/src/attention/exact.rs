@@ -16,7 +16,7 @@
 //! of an empty or all `-inf` row is undefined; ONNX's reference gives NaN too).
 
 use super::{Rows, Visibility};
-use crate::gemm::{self, BSource, Epilogue, MatRef, PackedA, PackedB};
+use crate::gemm::{self, MatRef, MicroKernel, PackedA, PackedB, KC};
 use crate::vecmath::{self, Func};
 use std::cell::RefCell;
 
@@ -84,10 +84,9 @@ pub fn attention_head_naive(
     }
 }
 
-/// Query rows per tile.
-pub const BLOCK_Q: usize = 64;
-/// Key rows per tile.
-pub const BLOCK_K: usize = 256;
+/// Keys per tile, before rounding down to a multiple of the micro-kernel's `MR`
+/// (one packing slice deep, so a tile's value panels are contiguous).
+const KEY_TILE: usize = 256;
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
@@ -96,20 +95,24 @@ thread_local! {
 /// Per-thread working memory, kept between calls (no allocation once warm).
 #[derive(Default)]
 struct Scratch {
-    /// One tile of transposed scores / weights, `BLOCK_K x BLOCK_Q` (keys by queries).
+    /// The queries times the scale, row-major, before packing.
+    qs: Vec<f32>,
+    /// `(scale Q)^T`, packed in `NR`-wide panels: the right operand of `S^T = K Q^T`.
+    qt: Option<PackedB>,
+    /// Per key tile: its keys (left operand of `S^T`) and its values transposed
+    /// (left operand of `O^T += V^T P^T`), both in `MR`-tall panels.
+    k: Vec<PackedA>,
+    vt: Vec<PackedA>,
+    /// One tile of transposed scores, then weights: `KEY_TILE x NR`, laid out as one
+    /// packed right-operand panel of the second product.
     scores: Vec<f32>,
-    /// Unnormalised transposed output per query block, `[block][dv][bq]`.
+    /// One micro-kernel tile (`MR x NR`).
+    tile: Vec<f32>,
+    /// The current query panel's unnormalised output, transposed (`dv x NR`), and
+    /// its queries' running max and sum.
     acc: Vec<f32>,
-    /// Running max and sum of every query, then per-tile column max / sum / correction.
     max: Vec<f32>,
     sum: Vec<f32>,
-    col: Vec<f32>,
-    /// The current key block as the left operand of both products (`K_blk` and
-    /// `V_blk^T`), packed once and reused by every query block.
-    k: PackedA,
-    vt: PackedA,
-    /// Every query block transposed (`Q_blk^T`), packed once per call.
-    qt: Vec<PackedB>,
 }
 
 fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
@@ -169,11 +172,13 @@ thread_local! {
 /// first row, see [`Visibility::causal`]). Allocation-free after a thread's first
 /// call of this size.
 ///
-/// The tiles are computed transposed (`S^T = K_blk Q_blk^T`, `O^T += V_blk^T P^T`):
-/// both left operands belong to the key block and are packed once for all query
-/// blocks, the weights feed the second product as a row-major right operand without
-/// reshuffling, and the online-softmax bookkeeping runs along rows, across queries,
-/// in full vectors.
+/// Queries go a micro-kernel panel (`NR` of them) at a time, keys a tile of about
+/// [`KEY_TILE`] at a time, and the tiles are computed transposed, straight from the
+/// GEMM micro-kernel (no driver, no copies): `S^T = K_tile (s Q_panel)^T` lands
+/// `MR` keys at a time in a buffer that *is* the packed right operand of `O^T +=
+/// V_tile^T P^T`; the online-softmax step runs along its rows, across queries, in
+/// full vectors. Keys, transposed values and queries are packed once per call, so
+/// memory is `O((L + S) * d)`.
 ///
 /// # Panics
 /// If an operand is shorter than its shape claims or shapes disagree.
@@ -193,151 +198,127 @@ pub fn attention_head_tiled(
     let vis = Visibility { valid_keys: p.visibility.valid_keys.min(s), ..p.visibility };
     let kernel = gemm::selected();
     let isa = vecmath::selected();
-    let blocks = l.div_ceil(BLOCK_Q);
+    let (mr, nr) = (kernel.mr, kernel.nr);
+    let bk = (KEY_TILE / mr).max(1) * mr;
+    debug_assert!(bk <= KC);
+    // Visibility is a prefix growing with the query index: the last query sees most.
+    let reach_all = vis.visible(l - 1);
+    let tiles = reach_all.div_ceil(bk);
     crate::parallel::serial(|| {
         SCRATCH.with_borrow_mut(|sc| {
-            let Scratch { scores, acc, max, sum, col, k: kp, vt, qt } = sc;
-            let scores = grow(scores, BLOCK_Q * BLOCK_K);
-            let acc = grow(acc, blocks * BLOCK_Q * dv);
-            acc.fill(0.0);
-            let (max, sum) = (grow(max, l), grow(sum, l));
-            max.fill(f32::NEG_INFINITY);
-            sum.fill(0.0);
-            let col = grow(col, 3 * BLOCK_Q);
-            if qt.len() < blocks {
-                qt.resize_with(blocks, || PackedB::new(kernel, MatRef::new(&[], 0, 0)));
+            let Scratch { qs, qt, k: kp, vt, scores, tile, acc, max, sum } = sc;
+            let qs = grow(qs, l * d);
+            for (i, dst) in qs.chunks_exact_mut(d).enumerate() {
+                dst.iter_mut().zip(q.row(i)).for_each(|(o, &x)| *o = x * p.scale);
             }
-            for (b, packed) in qt[..blocks].iter_mut().enumerate() {
-                let (i0, bq) = (b * BLOCK_Q, BLOCK_Q.min(l - b * BLOCK_Q));
-                let qm =
-                    MatRef { data: &q.data[i0 * q.stride..], rows: bq, cols: d, row_stride: q.stride, col_stride: 1 };
-                packed.repack(kernel, qm.t());
+            let qt = qt.get_or_insert_with(|| PackedB::new(kernel, MatRef::new(&[], 0, 0)));
+            qt.repack(kernel, MatRef::new(qs, l, d).t());
+            if kp.len() < tiles {
+                kp.resize_with(tiles, PackedA::default);
+                vt.resize_with(tiles, PackedA::default);
             }
-            // Visibility is a prefix growing with the query index: the last query sees most.
-            let reach = vis.visible(l - 1);
-            for j0 in (0..reach).step_by(BLOCK_K) {
-                let bk = BLOCK_K.min(reach - j0);
-                kp.repack(
+            for (t, (kt, vtt)) in kp.iter_mut().zip(vt.iter_mut()).take(tiles).enumerate() {
+                let (j0, n) = (t * bk, bk.min(reach_all - t * bk));
+                kt.repack(
                     kernel,
-                    MatRef { data: &k.data[j0 * k.stride..], rows: bk, cols: d, row_stride: k.stride, col_stride: 1 },
+                    MatRef { data: &k.data[j0 * k.stride..], rows: n, cols: d, row_stride: k.stride, col_stride: 1 },
                 );
-                vt.repack(
-                    kernel,
-                    MatRef { data: &v.data[j0 * v.stride..], rows: bk, cols: dv, row_stride: v.stride, col_stride: 1 }
-                        .t(),
-                );
-                for (b, qb) in qt[..blocks].iter().enumerate() {
-                    let (i0, bq) = (b * BLOCK_Q, BLOCK_Q.min(l - b * BLOCK_Q));
-                    if vis.visible(i0 + bq - 1) <= j0 {
-                        continue; // no query of this block sees key block j0
+                let vm =
+                    MatRef { data: &v.data[j0 * v.stride..], rows: n, cols: dv, row_stride: v.stride, col_stride: 1 };
+                vtt.repack(kernel, vm.t());
+            }
+            let scores = grow(scores, bk * nr);
+            let tile = grow(tile, mr * nr);
+            let acc = grow(acc, dv * nr);
+            let (max, sum) = (grow(max, nr), grow(sum, nr));
+            for (jp, i0) in (0..l).step_by(nr).enumerate() {
+                let w = nr.min(l - i0);
+                acc.fill(0.0);
+                max.fill(f32::NEG_INFINITY);
+                sum.fill(0.0);
+                let reach = vis.visible(i0 + w - 1);
+                for t in 0..reach.div_ceil(bk) {
+                    let (j0, n) = (t * bk, bk.min(reach - t * bk));
+                    let st = &mut scores[..n.div_ceil(mr) * mr * nr];
+                    key_scores(kernel, &kp[t], qt, jp, d, st, tile);
+                    let st = &mut st[..n * nr];
+                    let panel = Panel { i0, w, j0, vis };
+                    panel.adjust(st, nr, bias.as_ref(), p.softcap, isa);
+                    isa.online_softmax_cols(st, nr, max, sum, acc);
+                    let vtt = &vt[t];
+                    let kc = vtt.cols();
+                    for (ip, rows) in acc.chunks_mut(mr * nr).enumerate() {
+                        (kernel.run)(n, &vtt.panels(ip * mr, 0, kc)[..n * mr], st, tile);
+                        rows.iter_mut().zip(tile.iter()).for_each(|(a, t)| *a += t);
                     }
-                    let st = &mut scores[..bk * bq];
-                    gemm::sgemm_a_packed(kernel, p.scale, kp, BSource::Packed(qb, 0), 0.0, st, &Epilogue::NONE);
-                    let tile = TileT { i0, bq, j0, vis };
-                    tile.weights(st, bias.as_ref(), p.softcap, &mut max[i0..i0 + bq], &mut sum[i0..i0 + bq], col, isa);
-                    let acc_blk = &mut acc[b * BLOCK_Q * dv..][..dv * bq];
-                    let corr = &col[2 * BLOCK_Q..2 * BLOCK_Q + bq];
-                    if corr.iter().any(|&c| c != 1.0) {
-                        for row in acc_blk.chunks_exact_mut(bq) {
-                            row.iter_mut().zip(corr).for_each(|(a, c)| *a *= c);
-                        }
-                    }
-                    gemm::sgemm_a_packed(
-                        kernel,
-                        1.0,
-                        vt,
-                        BSource::Mat(MatRef::new(st, bk, bq)),
-                        1.0,
-                        acc_blk,
-                        &Epilogue::NONE,
-                    );
                 }
-            }
-            for b in 0..blocks {
-                let (i0, bq) = (b * BLOCK_Q, BLOCK_Q.min(l - b * BLOCK_Q));
-                let acc_blk = &acc[b * BLOCK_Q * dv..][..dv * bq];
-                for r in 0..bq {
+                for c in 0..w {
                     // sum = 0 (no visible key) gives 0/0 = NaN, the documented result.
-                    let inv = 1.0 / sum[i0 + r];
-                    let o = &mut out[(i0 + r) * out_stride..][..dv];
-                    o.iter_mut().enumerate().for_each(|(c, o)| *o = acc_blk[c * bq + r] * inv);
+                    let inv = 1.0 / sum[c];
+                    let o = &mut out[(i0 + c) * out_stride..][..dv];
+                    o.iter_mut().enumerate().for_each(|(ch, o)| *o = acc[ch * nr + c] * inv);
                 }
             }
         })
     })
 }
 
-/// One transposed tile: keys `j0 .. j0 + rows` by queries `i0 .. i0 + bq`.
-struct TileT {
+/// `st = K_tile (s Q_panel)^T` for query panel `jp`, written `MR` keys at a time by
+/// the micro-kernel straight into `st` (`keys x NR`, rows past the tile's keys
+/// hold scores of zero padding); head sizes above one packing slice add up slices
+/// through `tile`.
+fn key_scores(kernel: MicroKernel, kt: &PackedA, qt: &PackedB, jp: usize, d: usize, st: &mut [f32], tile: &mut [f32]) {
+    let (mr, nr) = (kernel.mr, kernel.nr);
+    for p0 in (0..d).step_by(KC) {
+        let kc = KC.min(d - p0);
+        let b = &qt.panels(p0, kc, jp)[..kc * nr];
+        for (ip, rows) in st.chunks_exact_mut(mr * nr).enumerate() {
+            let a = &kt.panels(ip * mr, p0, kc)[..kc * mr];
+            if p0 == 0 {
+                (kernel.run)(kc, a, b, rows);
+            } else {
+                (kernel.run)(kc, a, b, tile);
+                rows.iter_mut().zip(tile.iter()).for_each(|(r, t)| *r += t);
+            }
+        }
+    }
+}
+
+/// One tile of transposed scores: keys `j0 ..` by the `NR` queries `i0 ..` of a
+/// panel, of which the first `w` exist.
+struct Panel {
     i0: usize,
-    bq: usize,
+    w: usize,
     j0: usize,
     vis: Visibility,
 }
 
-impl TileT {
-    /// Turns the scores `st` (`bk x bq`) into online-softmax weights in place,
-    /// updating the queries' running `max` and `sum`; leaves each query's output
-    /// correction `exp(old max - new max)` in `col[2 * BLOCK_Q..]`.
-    #[allow(clippy::too_many_arguments)]
-    fn weights(
-        &self,
-        st: &mut [f32],
-        bias: Option<&Rows<'_>>,
-        softcap: f32,
-        max: &mut [f32],
-        sum: &mut [f32],
-        col: &mut [f32],
-        isa: &vecmath::Isa,
-    ) {
-        let (i0, bq, j0) = (self.i0, self.bq, self.j0);
+impl Panel {
+    /// Softcap, bias and the causal mask, in place on the scaled scores `st`
+    /// (`keys x width`).
+    fn adjust(&self, st: &mut [f32], width: usize, bias: Option<&Rows<'_>>, softcap: f32, isa: &vecmath::Isa) {
+        let (i0, w, j0) = (self.i0, self.w, self.j0);
         if softcap > 0.0 {
             st.iter_mut().for_each(|x| *x /= softcap);
             isa.map_in_place(Func::Tanh, st);
             st.iter_mut().for_each(|x| *x *= softcap);
         }
-        for (j, row) in st.chunks_exact_mut(bq).enumerate() {
+        let first_masked = self.vis.visible(i0);
+        for (j, row) in st.chunks_exact_mut(width).enumerate() {
             let key = j0 + j;
             if let Some(b) = bias {
                 if b.stride == 0 {
                     let add = b.row(0)[key];
                     row.iter_mut().for_each(|x| *x += add);
                 } else {
-                    row.iter_mut().enumerate().for_each(|(r, x)| *x += b.data[(i0 + r) * b.stride + key]);
+                    row[..w].iter_mut().enumerate().for_each(|(r, x)| *x += b.data[(i0 + r) * b.stride + key]);
                 }
             }
             // Queries before `first` do not see this key (causal): a prefix of the row.
-            let first = match self.vis.causal_past {
-                Some(past) => key.saturating_sub(past).saturating_sub(i0).min(bq),
-                None => 0,
-            };
-            row[..first].fill(f32::NEG_INFINITY);
-        }
-        let (m_new, rest) = col.split_at_mut(BLOCK_Q);
-        let (col_sum, corr) = rest.split_at_mut(BLOCK_Q);
-        let (m_new, col_sum, corr) = (&mut m_new[..bq], &mut col_sum[..bq], &mut corr[..bq]);
-        m_new.copy_from_slice(max);
-        for row in st.chunks_exact(bq) {
-            m_new.iter_mut().zip(row).for_each(|(m, &x)| *m = m.max(x));
-        }
-        // A query with nothing visible yet keeps max -inf; shifting by 0 then gives
-        // exp(-inf) = 0 weights and a zero correction of its (zero) partial sums.
-        for r in 0..bq {
-            let shift = if m_new[r] == f32::NEG_INFINITY { 0.0 } else { m_new[r] };
-            corr[r] = (max[r] - shift).exp();
-            max[r] = m_new[r];
-            m_new[r] = shift;
-        }
-        for row in st.chunks_exact_mut(bq) {
-            row.iter_mut().zip(m_new.iter()).for_each(|(x, m)| *x -= m);
-        }
-        isa.map_in_place(Func::Exp, st);
-        col_sum.fill(0.0);
-        for row in st.chunks_exact(bq) {
-            col_sum.iter_mut().zip(row).for_each(|(s, x)| *s += x);
-        }
-        for r in 0..bq {
-            sum[r] = sum[r] * corr[r] + col_sum[r];
+            if let (Some(past), true) = (self.vis.causal_past, key >= first_masked) {
+                let first = key.saturating_sub(past).saturating_sub(i0).min(width);
+                row[..first].fill(f32::NEG_INFINITY);
+            }
         }
     }
 }

@@ -80,7 +80,7 @@ impl PackedB {
     }
 
     /// The `kc x nr` panels of slice `p0` starting at panel `jp`.
-    pub(super) fn panels(&self, p0: usize, kc: usize, jp: usize) -> &[f32] {
+    pub(crate) fn panels(&self, p0: usize, kc: usize, jp: usize) -> &[f32] {
         &self.data[p0 * self.padded_n() + jp * kc * self.kernel.nr..]
     }
 
@@ -162,7 +162,7 @@ impl PackedA {
     }
 
     /// The panels of rows `i0..` (a multiple of `MR`) in slice `p0` of depth `kc`.
-    fn panels(&self, i0: usize, p0: usize, kc: usize) -> &[f32] {
+    pub(crate) fn panels(&self, i0: usize, p0: usize, kc: usize) -> &[f32] {
         let padded = self.m.div_ceil(self.mr) * self.mr;
         &self.data[p0 * padded + i0 * kc..]
     }

@@ -17,6 +17,7 @@ pub mod reference;
 mod skinny;
 
 use driver::ASource;
+pub(crate) use driver::KC;
 pub use driver::{BSource, PackedA, PackedB};
 pub use epilogue::{Activation, Bias, Epilogue};
 pub use reference::MatRef;

@@ -76,6 +76,9 @@ macro_rules! isa_table {
             entry!($tok $(, $features)?, softmax(row: &mut [f32]) = crate::softmax::softmax_row);
             entry!($tok $(, $features)?, log_softmax(row: &mut [f32]) = crate::softmax::log_softmax_row);
             entry!($tok $(, $features)?, exp_shifted(row: &mut [f32], m: f32) -> (f32, f32) = crate::softmax::exp_shifted_row);
+            entry!($tok $(, $features)?,
+                online_cols(t: &mut [f32], w: usize, m: &mut [f32], sum: &mut [f32], acc: &mut [f32])
+                    = crate::softmax::online_softmax_cols);
             entry!($tok $(, $features)?, mean_var(x: &[f32]) -> (f32, f32) = crate::norm::mean_var_row);
             entry!($tok $(, $features)?,
                 layer_norm(x: &[f32], g: &[f32], b: Option<&[f32]>, eps: f32, out: &mut [f32]) = crate::norm::layer_norm);
@@ -92,6 +95,7 @@ macro_rules! isa_table {
                 softmax,
                 log_softmax,
                 exp_shifted,
+                online_cols,
                 mean_var,
                 layer_norm,
                 rms_norm,

@@ -70,6 +70,25 @@ pub fn exp<S: Simd>(s: S, x: S::F) -> S::F {
     keep_nan(s, x, r)
 }
 
+/// `e^x` for softmax weights, `x <= 0` (a score minus its row's max): [`exp`]'s
+/// reduction and polynomial with a single scaling by `2^k`, and results below
+/// `e^-87` (about `1.6e-38`) flushed to 0, so about a third fewer instructions.
+/// `-inf` gives exactly 0, NaN stays NaN; `x > 88` is out of contract.
+#[inline(always)]
+pub fn exp_weight<S: Simd>(s: S, x: S::F) -> S::F {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const FLOOR: f32 = -87.0; // 2^k stays a normal float: k >= -126
+    let xc = s.max(x, s.splat(FLOOR));
+    let k = round(s, s.mul(xc, s.splat(std::f32::consts::LOG2_E)));
+    let r = s.mul_add(k, s.splat(-LN2_HI), xc);
+    let r = s.mul_add(k, s.splat(-LN2_LO), r);
+    let p = poly(s, r, [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_6e-1, 0.5]);
+    let p = s.add(s.mul_add(p, s.mul(r, r), r), s.splat(1.0));
+    let e = s.select(s.lt(x, s.splat(FLOOR)), s.splat(0.0), s.mul(p, s.pow2i(k)));
+    keep_nan(s, x, e)
+}
+
 /// `tanh(x)`, computed on `|x|` and given the sign of `x` (so `tanh(-0) = -0`).
 #[inline(always)]
 pub fn tanh<S: Simd>(s: S, x: S::F) -> S::F {

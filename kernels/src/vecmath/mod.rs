@@ -66,6 +66,9 @@ impl Func {
 /// `attend_rows(q, kt, kt_stride, v, bias, params, scores, out, out_stride)`.
 type AttendFn = fn(Rows<'_>, &[f32], usize, Rows<'_>, Option<Rows<'_>>, &HeadParams, &mut [f32], &mut [f32], usize);
 
+/// `online_softmax_cols(tile, width, max, sum, acc)`.
+type OnlineColsFn = fn(&mut [f32], usize, &mut [f32], &mut [f32], &mut [f32]);
+
 /// `layer_norm_row(x, gamma, beta, eps, out)`.
 type LayerNormFn = fn(&[f32], &[f32], Option<&[f32]>, f32, &mut [f32]);
 
@@ -82,6 +85,7 @@ pub struct Isa {
     softmax: fn(&mut [f32]),
     log_softmax: fn(&mut [f32]),
     exp_shifted: fn(&mut [f32], f32) -> (f32, f32),
+    online_cols: OnlineColsFn,
     mean_var: fn(&[f32]) -> (f32, f32),
     layer_norm: LayerNormFn,
     rms_norm: fn(&[f32], &[f32], f32, &mut [f32]),
@@ -133,6 +137,22 @@ impl Isa {
     /// returns `(m, sum(row))` (`(-inf, 0)` and zeros when everything is `-inf`).
     pub fn exp_shifted_row(&self, row: &mut [f32], prev_max: f32) -> (f32, f32) {
         (self.exp_shifted)(row, prev_max)
+    }
+
+    /// One online-softmax step over a tile of scores held keys by queries
+    /// (`tile` is `rows x width`, column `c` is query `c`): `tile = exp(tile - m)`
+    /// per column with `m` the running column max, `sum` and `max` updated, and the
+    /// rows of `acc` (`width` wide) rescaled by `exp(old max - m)` (the attention
+    /// kernel's partial outputs, held transposed).
+    pub fn online_softmax_cols(
+        &self,
+        tile: &mut [f32],
+        width: usize,
+        max: &mut [f32],
+        sum: &mut [f32],
+        acc: &mut [f32],
+    ) {
+        (self.online_cols)(tile, width, max, sum, acc)
     }
 
     /// [`crate::norm::mean_var`] on this instruction set.
