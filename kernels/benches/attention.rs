@@ -1,7 +1,7 @@
 //! Attention kernels on one thread, d = 64 (criterion; `harness = false`):
 //!
-//! (a) the exact kernel `exact::attention_head` (tiled online softmax once merged)
-//!     against the unfused path (sgemm `Q K^T` with `alpha = scale` into an `L x S`
+//! (a) the exact kernel `exact::attention_head` (tiled, online softmax) against the
+//!     hand-fused unfused path (sgemm `Q K^T` with `alpha = scale` into an `L x S`
 //!     buffer, `softmax_f32` per row, sgemm `P V`), L = S in {128, 512, 2048, 8192};
 //! (b) IceFormer k-NN attention (index build included, as IceFormer counts it)
 //!     against `attention_head`, L = S in {1K, 2K, 4K, 8K, 16K}, on random and on
