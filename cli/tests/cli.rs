@@ -413,6 +413,11 @@ fn convert_attention_knn_lowers_long_attention_and_compares_near_exact() {
     assert!(t.contains("pass lower_knn_attention: 1"), "{t}");
     assert!(t.contains(": lowered to KnnAttention (S = 2048)"), "{t}");
     assert!(t.contains("knn parameters: k=20,") && t.contains("seed=3"), "{t}");
+    // The recommended preset's parent fraction is stored and printed (format 5).
+    let rec = tmp("long_knn_recommended.floe");
+    let o = floe(&["convert", &model, "-o", rec.to_str().unwrap(), "--attention", "knn:preset=recommended"]);
+    let t = text(&o);
+    assert!(o.status.success() && t.contains("field_of_view=64,prop_field_of_view=0.22"), "{t}");
     let o = floe(&["inspect", knn.to_str().unwrap()]);
     assert!(o.status.success() && text(&o).contains("KnnAttention"), "{}", text(&o));
     let mut args = vec!["compare".to_string(), exact.display().to_string(), knn.display().to_string()];

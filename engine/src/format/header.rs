@@ -19,8 +19,9 @@ pub const MAGIC: [u8; 8] = *b"FLOE\x00\r\n\x1a";
 /// the [`TargetRecord`](super::metadata::TargetRecord) to the metadata, version 3
 /// the stream spec of `floe convert --stream` to the model info; version 4 graphs
 /// may hold ops older floes do not know (channels-last convs and pools), with the
-/// metadata laid out as in version 3.
-pub const FORMAT_VERSION: u32 = 4;
+/// metadata laid out as in version 3; version 5 stores `KnnAttention`'s
+/// `query_prop_field_of_view` (version 4 files load with it off).
+pub const FORMAT_VERSION: u32 = 5;
 /// The oldest format version this floe still reads.
 pub const MIN_FORMAT_VERSION: u32 = 1;
 pub const HEADER_LEN: usize = 64;

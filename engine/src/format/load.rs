@@ -82,8 +82,9 @@ impl Model {
             }
             tensors.push(Tensor::borrowed(e.dtype, &shape, source.clone(), (header.data_offset + e.offset) as usize)?);
         }
-        let graph: Graph = table::resolve(tensors, || postcard::from_bytes(&meta.graph))
-            .map_err(|e| bad(format!("graph does not decode: {e}")))?;
+        let graph: Graph =
+            table::resolve(tensors, || table::with_layout(header.version, || postcard::from_bytes(&meta.graph)))
+                .map_err(|e| bad(format!("graph does not decode: {e}")))?;
         validate_deep(&graph).map_err(|e| bad(format!("invalid graph: {e}")))?;
         Ok(Model {
             graph,
@@ -197,6 +198,15 @@ mod tests {
         let rec = TargetRecord::named("x86_64-avx512");
         let m = Model::from_bytes(image(&rec, 3), "v3.floe").unwrap();
         assert_eq!(m.header.version, 3);
+        assert_eq!(m.target, rec);
+        assert_eq!(weight(&m), [1.0, -2.0, 0.5]);
+    }
+
+    #[test]
+    fn version_4_files_still_load() {
+        let rec = TargetRecord::named("x86_64-avx512");
+        let m = Model::from_bytes(image(&rec, 4), "v4.floe").unwrap();
+        assert_eq!(m.header.version, 4);
         assert_eq!(m.target, rec);
         assert_eq!(weight(&m), [1.0, -2.0, 0.5]);
     }

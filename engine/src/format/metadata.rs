@@ -140,7 +140,7 @@ impl TargetRecord {
     }
 }
 
-/// The whole metadata section (format versions 3 and 4: version 4 only adds ops).
+/// The whole metadata section (format versions 3 to 5: versions 4 and 5 change only the graph).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Metadata {
     pub info: ModelInfo,

@@ -9,11 +9,28 @@ use crate::tensor::Tensor;
 use serde::de::Error as _;
 use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 thread_local! {
     static SINK: RefCell<Option<Vec<Tensor>>> = const { RefCell::new(None) };
     static SOURCE: RefCell<Option<Vec<Tensor>>> = const { RefCell::new(None) };
+    static LAYOUT: Cell<u32> = const { Cell::new(super::FORMAT_VERSION) };
+}
+
+/// Runs `f` (a graph serialization or deserialization) in the layout of format
+/// `version`: types whose stored layout changed between versions (e.g.
+/// `KnnConfig`) read and write the older one via [`layout_version`].
+pub fn with_layout<R>(version: u32, f: impl FnOnce() -> R) -> R {
+    let old = LAYOUT.with(|l| l.replace(version));
+    let r = f();
+    LAYOUT.with(|l| l.set(old));
+    r
+}
+
+/// The format version being read or written ([`with_layout`]); the current one
+/// outside a `.floe` read or write.
+pub fn layout_version() -> u32 {
+    LAYOUT.with(|l| l.get())
 }
 
 /// Runs `f` (a serialization) collecting every tensor it serializes, in order.

@@ -59,7 +59,7 @@ pub(crate) fn write_versioned(
     version: u32,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64> {
-    let (graph_bytes, tensors) = table::collect(|| postcard::to_allocvec(graph));
+    let (graph_bytes, tensors) = table::collect(|| table::with_layout(version, || postcard::to_allocvec(graph)));
     let graph_bytes = graph_bytes.map_err(|e| Error::Invalid(format!("cannot encode the graph: {e}")))?;
     let mut names = Vec::new();
     value_names(graph, &mut names);

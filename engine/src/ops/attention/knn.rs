@@ -42,9 +42,9 @@ use std::borrow::Cow;
 /// stores): the fields of [`KnnParams`], which stays free of serde in the kernel
 /// crate. The defaults are IceFormer's README values (see [`KnnParams`] for what
 /// each one does); only `seed` is ours, so that runs are reproducible.
-/// `KnnParams::query_prop_field_of_view` is not carried (adding a field changes the
-/// stored layout, so it waits for a format version): a stored node runs with it off.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+/// `query_prop_field_of_view` is stored from `.floe` format version 5 on; nodes
+/// read from older files run with it off (see the serde impls below).
+#[derive(Clone, Debug, PartialEq)]
 pub struct KnnConfig {
     pub k: usize,
     pub num_comp_indices: usize,
@@ -58,6 +58,78 @@ pub struct KnnConfig {
     pub num_to_visit: Option<usize>,
     pub prop_to_visit: f32,
     pub seed: u64,
+    pub query_prop_field_of_view: f32,
+}
+
+/// [`KnnConfig`] as `.floe` format versions 1-4 stored it (no
+/// `query_prop_field_of_view`); version 5 stores these fields, then that one.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredV4 {
+    k: usize,
+    num_comp_indices: usize,
+    num_simp_indices: usize,
+    levels: usize,
+    construction_field_of_view: usize,
+    construction_prop_to_retrieve: f32,
+    construction_scan: bool,
+    query_field_of_view: Option<usize>,
+    query_prop_to_retrieve: f32,
+    num_to_visit: Option<usize>,
+    prop_to_visit: f32,
+    seed: u64,
+}
+
+/// The first format version that stores `query_prop_field_of_view`.
+const PROP_FOV_VERSION: u32 = 5;
+
+impl serde::Serialize for KnnConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let c = self;
+        let v4 = StoredV4 {
+            k: c.k,
+            num_comp_indices: c.num_comp_indices,
+            num_simp_indices: c.num_simp_indices,
+            levels: c.levels,
+            construction_field_of_view: c.construction_field_of_view,
+            construction_prop_to_retrieve: c.construction_prop_to_retrieve,
+            construction_scan: c.construction_scan,
+            query_field_of_view: c.query_field_of_view,
+            query_prop_to_retrieve: c.query_prop_to_retrieve,
+            num_to_visit: c.num_to_visit,
+            prop_to_visit: c.prop_to_visit,
+            seed: c.seed,
+        };
+        if crate::format::table::layout_version() < PROP_FOV_VERSION {
+            v4.serialize(s)
+        } else {
+            (v4, c.query_prop_field_of_view).serialize(s)
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for KnnConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let (v, prop) = if crate::format::table::layout_version() < PROP_FOV_VERSION {
+            (StoredV4::deserialize(d)?, 0.0)
+        } else {
+            <(StoredV4, f32)>::deserialize(d)?
+        };
+        Ok(KnnConfig {
+            k: v.k,
+            num_comp_indices: v.num_comp_indices,
+            num_simp_indices: v.num_simp_indices,
+            levels: v.levels,
+            construction_field_of_view: v.construction_field_of_view,
+            construction_prop_to_retrieve: v.construction_prop_to_retrieve,
+            construction_scan: v.construction_scan,
+            query_field_of_view: v.query_field_of_view,
+            query_prop_to_retrieve: v.query_prop_to_retrieve,
+            num_to_visit: v.num_to_visit,
+            prop_to_visit: v.prop_to_visit,
+            seed: v.seed,
+            query_prop_field_of_view: prop,
+        })
+    }
 }
 
 impl From<&KnnParams> for KnnConfig {
@@ -75,6 +147,7 @@ impl From<&KnnParams> for KnnConfig {
             num_to_visit: p.num_to_visit,
             prop_to_visit: p.prop_to_visit,
             seed: p.seed,
+            query_prop_field_of_view: p.query_prop_field_of_view,
         }
     }
 }
@@ -101,9 +174,7 @@ impl KnnConfig {
             num_to_visit: self.num_to_visit,
             prop_to_visit: self.prop_to_visit,
             seed: self.seed,
-            // Not stored (the .floe layout of this struct predates it): off, as
-            // IceFormer. Carrying it needs a format version.
-            query_prop_field_of_view: 0.0,
+            query_prop_field_of_view: self.query_prop_field_of_view,
         }
     }
 }
@@ -118,6 +189,12 @@ impl std::fmt::Display for KnnConfig {
         )?;
         if self.construction_scan {
             write!(f, ",construction_scan=on")?;
+        }
+        if let Some(fov) = self.query_field_of_view {
+            write!(f, ",field_of_view={fov}")?;
+        }
+        if self.query_prop_field_of_view > 0.0 {
+            write!(f, ",prop_field_of_view={}", self.query_prop_field_of_view)?;
         }
         Ok(())
     }
@@ -390,6 +467,58 @@ mod tests {
     use crate::ops::{EvalCtx, OpImpl};
     use crate::shape::Shape;
     use std::sync::Arc;
+
+    #[test]
+    fn the_config_reads_version_4_files_and_round_trips_prop_field_of_view_from_version_5() {
+        use crate::format::table::with_layout;
+        // The struct exactly as format version 4 derived it (an independent encoder).
+        #[derive(serde::Serialize)]
+        struct Old {
+            k: usize,
+            num_comp_indices: usize,
+            num_simp_indices: usize,
+            levels: usize,
+            construction_field_of_view: usize,
+            construction_prop_to_retrieve: f32,
+            construction_scan: bool,
+            query_field_of_view: Option<usize>,
+            query_prop_to_retrieve: f32,
+            num_to_visit: Option<usize>,
+            prop_to_visit: f32,
+            seed: u64,
+        }
+        let old = Old {
+            k: 8,
+            num_comp_indices: 2,
+            num_simp_indices: 4,
+            levels: 3,
+            construction_field_of_view: usize::MAX,
+            construction_prop_to_retrieve: 0.002,
+            construction_scan: true,
+            query_field_of_view: Some(64),
+            query_prop_to_retrieve: 0.8,
+            num_to_visit: None,
+            prop_to_visit: 1.0,
+            seed: 7,
+        };
+        let bytes = postcard::to_allocvec(&(old, 99u32)).unwrap();
+        let (c, tail): (KnnConfig, u32) = with_layout(4, || postcard::from_bytes(&bytes)).unwrap();
+        assert_eq!(tail, 99, "a version 4 config is read to its end, no further");
+        let mut want = KnnConfig::from(&KnnParams::recommended());
+        want.seed = 7;
+        want.query_prop_field_of_view = 0.0;
+        assert_eq!(c, want);
+        // Written as version 4, it is the old bytes exactly.
+        assert_eq!(with_layout(4, || postcard::to_allocvec(&(&c, 99u32))).unwrap(), bytes);
+        // From version 5 on the field is stored.
+        let rec = KnnConfig::from(&KnnParams::recommended());
+        assert_eq!(rec.query_prop_field_of_view, 0.22);
+        let bytes = with_layout(5, || postcard::to_allocvec(&(&rec, 99u32))).unwrap();
+        let back: (KnnConfig, u32) = with_layout(5, || postcard::from_bytes(&bytes)).unwrap();
+        assert_eq!(back, (rec.clone(), 99));
+        assert_eq!(rec.params().query_prop_field_of_view, 0.22);
+        assert!(rec.to_string().contains("prop_field_of_view=0.22"), "{rec}");
+    }
 
     /// A peaked workload: Gaussian-ish keys, each query a noisy copy of one key, so
     /// its attention concentrates on that key (the regime IceFormer is accurate in).
