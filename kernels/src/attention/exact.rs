@@ -366,6 +366,8 @@ mod tests {
             (65, 300, 16, 8),
             (130, 513, 32, 40),
             (64, 256, 64, 64),
+            // a head size above one packing slice (the score tiles add up slices)
+            (70, 200, 300, 16),
         ] {
             for causal in [None, Some(0), Some(s.saturating_sub(l))] {
                 for (valid, softcap, with_bias) in [(s, 0.0, false), (s - s / 3, 0.0, true), (s, 2.5, true)] {
