@@ -99,6 +99,31 @@ def bench_models():
         print(f"{path}: {len(nodes)} nodes, {os.path.getsize(path)} bytes")
 
 
+def kv_cache_model():
+    """attention_kv_cache.onnx: one ONNX Attention (opset 23) with a KV cache, as a
+    decoder exported by the dynamo exporter has it: Q [1, 2, L, 16] against K, V
+    [1, 1, L, 16] (grouped-query: 2 query heads share 1 kv head) after past_key /
+    past_value [1, 1, P, 16], causal, outputs Y, present_key, present_value; L and P
+    symbolic. converters/tests/knn_decode.rs lowers it with `--attention knn:min_keys=0`
+    and decodes token by token, feeding each step's present back as the next past."""
+    node = helper.make_node("Attention", ["q", "k", "v", "", "past_key", "past_value"],
+                            ["y", "present_key", "present_value"], name="attention", is_causal=1)
+    info = helper.make_tensor_value_info
+    g = helper.make_graph(
+        [node], "attention_kv_cache",
+        [info("q", F, [1, 2, "L", 16]), info("k", F, [1, 1, "L", 16]), info("v", F, [1, 1, "L", 16]),
+         info("past_key", F, [1, 1, "P", 16]), info("past_value", F, [1, 1, "P", 16])],
+        [info("y", F, [1, 2, "L", 16]), info("present_key", F, [1, 1, "T", 16]),
+         info("present_value", F, [1, 1, "T", 16])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 23)], producer_name="floe-make-long-attention")
+    model.ir_version = 10
+    onnx.checker.check_model(model, full_check=True)
+    path = os.path.join(OUT, "attention_kv_cache.onnx")
+    onnx.save(model, path)
+    print(f"{path}: 1 node, {os.path.getsize(path)} bytes")
+
+
 if __name__ == "__main__":
     main()
     bench_models()
+    kv_cache_model()

@@ -1,9 +1,12 @@
 //! IceFormer k-NN attention (`floe_kernels::attention::knn`) against the f64 exact
 //! reference: exactness when `k` covers the visible keys, recall and output quality on
-//! a peaked workload, reproducibility, incremental == bulk, GQA, degenerate inputs.
+//! a peaked workload, reproducibility, incremental == bulk, decode steps reusing the
+//! index == one causal pass, GQA, degenerate inputs.
 
 use floe_kernels::attention::exact::{attention_head_naive, HeadParams};
-use floe_kernels::attention::knn::{knn_attention_group, KnnIndex, KnnParams, KnnStats, TopK};
+use floe_kernels::attention::knn::{
+    knn_attention_group, knn_attention_group_cached, KnnIndex, KnnParams, KnnStats, TopK,
+};
 use floe_kernels::attention::{Rows, Visibility};
 
 struct Rng(u64);
@@ -220,6 +223,70 @@ fn a_key_above_the_norm_bound_rebuilds_and_stays_correct() {
     let mut top = TopK::new(5);
     idx.query(q, s, 5, &mut top);
     assert_eq!(top.ids()[0], 299);
+}
+
+/// One call of [`knn_attention_group_cached`] over queries `q` (`l` rows) and the
+/// first `s` keys, causal after `past` keys; returns (output, reused).
+#[allow(clippy::too_many_arguments)]
+fn run_cached(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (l, s, d, past): (usize, usize, usize, usize),
+    p: &KnnParams,
+    cache: &mut Option<KnnIndex>,
+) -> (Vec<f32>, bool) {
+    let mut out = vec![0.0; l * d];
+    let reused = knn_attention_group_cached(
+        &[Rows::new(q, l, d)],
+        Rows::new(&k[..s * d], s, d),
+        Rows::new(&v[..s * d], s, d),
+        1.0 / (d as f32).sqrt(),
+        Visibility::causal(s, past),
+        p,
+        &mut [&mut out[..]],
+        d,
+        None,
+        cache,
+    );
+    (out, reused)
+}
+
+#[test]
+fn decode_steps_reusing_the_index_equal_one_causal_pass_over_the_whole_sequence() {
+    // Prefill 1100 tokens, then decode 10 one at a time (KV cache), each step feeding
+    // all keys so far. Both lengths give the same promotion ratio (ceil(n^(1/3)) =
+    // 11) and key 0 has the largest norm, so the decode index must be exactly the
+    // index of one causal pass: bulk build of key 0, then one insertion per key.
+    let (pre, total, d) = (1100, 1110, 16);
+    let (q, mut k, v) = peaked(total, total, d, 21);
+    k[..d].iter_mut().for_each(|x| *x *= 2.0);
+    let p = KnnParams { k: 8, ..KnnParams::recommended() };
+    let whole = run_knn(&q, &k, &v, total, total, d, Visibility::causal(total, 0), &p);
+
+    let mut cache = None;
+    let (out, reused) = run_cached(&q[..pre * d], &k, &v, (pre, pre, d, 0), &p, &mut cache);
+    assert!(!reused, "nothing to reuse on the first call");
+    assert_eq!(out, whole[..pre * d], "prefill");
+    for t in pre..total {
+        let (row, reused) = run_cached(&q[t * d..(t + 1) * d], &k, &v, (1, t + 1, d, t), &p, &mut cache);
+        assert!(reused, "decode step {t} rebuilt its index");
+        assert_eq!(row, whole[t * d..(t + 1) * d], "decode step {t}");
+    }
+    assert_eq!(cache.as_ref().map(KnnIndex::len), Some(total));
+
+    // A cache over other keys (one past key changed) is never used: the call rebuilds
+    // and answers as an uncached call does.
+    let mut other = k.clone();
+    other[5 * d] += 0.25;
+    let t = total - 1;
+    let (row, reused) = run_cached(&q[t * d..], &other, &v, (1, total, d, t), &p, &mut cache);
+    assert!(!reused, "a changed past key must rebuild");
+    let fresh = run_knn(&q[t * d..], &other, &v, 1, total, d, Visibility::causal(total, t), &p);
+    assert_eq!(row, fresh);
+    // Different parameters do not reuse either.
+    let p2 = KnnParams { seed: 99, ..p.clone() };
+    assert!(!run_cached(&q[t * d..], &other, &v, (1, total, d, t), &p2, &mut cache).1);
 }
 
 #[test]

@@ -13,8 +13,12 @@
 //!   keys by `q . k` alone, so an `attn_mask` input (an additive float bias such as
 //!   ALiBi or T5 relative positions, or a bool mask) is refused;
 //! - `softcap` is off (the k-NN softmax weighs raw scaled scores);
-//! - there are no `past_key`/`past_value` inputs (a KV cache), and neither the
-//!   `present_*` outputs nor `qk_matmul_output` are read (unread ones are dropped).
+//! - `qk_matmul_output` is not read (the full score matrix; unread, it is dropped).
+//!
+//! A KV cache is kept: `past_key`/`past_value` stay inputs and the read
+//! `present_key`/`present_value` outputs stay (unread ones are dropped), and `S`
+//! is then the past length plus the new keys. The lowered node keeps its indexes
+//! between calls, so a decode step inserts its keys instead of re-indexing the past.
 //!
 //! Only the main graph is visited (not If/Loop bodies).
 
@@ -98,13 +102,9 @@ pub enum Reason {
     },
     /// An `attn_mask` input: an additive float bias or a bool mask.
     AttnMask,
-    /// `past_key` / `past_value` inputs (a KV cache).
-    PastKv,
     Softcap(f32),
     /// `qk_matmul_output` is read.
     QkOutput,
-    /// `present_key` / `present_value` are read.
-    PresentKv,
 }
 
 impl fmt::Display for Reason {
@@ -122,10 +122,8 @@ impl fmt::Display for Reason {
                 "attn_mask input (additive bias or bool mask): k-NN ranks keys by q.k alone, \
                  only is_causal and nonpad_kv_seqlen are supported"
             ),
-            Reason::PastKv => write!(f, "past_key/past_value inputs (KV cache) are not supported"),
             Reason::Softcap(c) => write!(f, "softcap {c} is not supported"),
             Reason::QkOutput => write!(f, "its qk_matmul_output (the full score matrix) is read"),
-            Reason::PresentKv => write!(f, "its present_key/present_value outputs are read"),
         }
     }
 }
@@ -154,17 +152,39 @@ impl fmt::Display for Decision {
     }
 }
 
-fn key_len(g: &Graph, k: ValueId) -> KeyLen {
-    let Some(shape) = g.values.get(k).and_then(|v| v.fact.shape.as_ref()) else { return KeyLen::Unknown };
-    let axis = match shape.rank() {
-        4 => 2,
-        3 => 1,
-        _ => return KeyLen::Unknown,
+/// The sequence dim of K (3-D or 4-D), or of the 4-D past key.
+fn seq_dim(g: &Graph, k: ValueId, past: bool) -> Option<&Dim> {
+    let shape = g.values.get(k).and_then(|v| v.fact.shape.as_ref())?;
+    match (shape.rank(), past) {
+        (4, _) => Some(&shape.0[2]),
+        (3, false) => Some(&shape.0[1]),
+        _ => None,
+    }
+}
+
+/// Keys the attention spans: K's length, plus the past length with a KV cache.
+fn key_len(g: &Graph, k: ValueId, past_key: Option<ValueId>) -> KeyLen {
+    let new = seq_dim(g, k, false);
+    let past = match past_key {
+        Some(p) => seq_dim(g, p, true),
+        None => Some(&Dim::Fixed(0)),
     };
-    match &shape.0[axis] {
-        Dim::Fixed(n) => KeyLen::Fixed(*n),
-        Dim::Sym(s) => KeyLen::Symbolic(s.clone()),
-        Dim::Unknown => KeyLen::Unknown,
+    match (new, past) {
+        (Some(Dim::Fixed(n)), Some(Dim::Fixed(p))) => KeyLen::Fixed(n + p),
+        (Some(Dim::Sym(s)), Some(Dim::Fixed(0))) => KeyLen::Symbolic(s.clone()),
+        (Some(Dim::Fixed(0)), Some(Dim::Sym(s))) => KeyLen::Symbolic(s.clone()),
+        (Some(a @ (Dim::Sym(_) | Dim::Fixed(_))), Some(b @ (Dim::Sym(_) | Dim::Fixed(_)))) => {
+            KeyLen::Symbolic(format!("{} + {}", dim_text(b), dim_text(a)))
+        }
+        _ => KeyLen::Unknown,
+    }
+}
+
+fn dim_text(d: &Dim) -> String {
+    match d {
+        Dim::Fixed(n) => n.to_string(),
+        Dim::Sym(s) => s.clone(),
+        Dim::Unknown => "?".into(),
     }
 }
 
@@ -187,7 +207,7 @@ pub fn lower_knn_attention(g: &mut Graph, lowering: &KnnLowering) -> Vec<(String
         };
         let has = |j: usize| node.inputs.get(j).copied().flatten();
         let mut reasons = Vec::new();
-        let keys = has(1).map_or(KeyLen::Unknown, |k| key_len(g, k));
+        let keys = has(1).map_or(KeyLen::Unknown, |k| key_len(g, k, has(4)));
         match &keys {
             KeyLen::Fixed(n) if *n < lowering.min_keys => {
                 reasons.push(Reason::ShortKeys { keys: *n, min_keys: lowering.min_keys })
@@ -200,16 +220,12 @@ pub fn lower_knn_attention(g: &mut Graph, lowering: &KnnLowering) -> Vec<(String
         if has(3).is_some() {
             reasons.push(Reason::AttnMask);
         }
-        if has(4).is_some() || has(5).is_some() {
-            reasons.push(Reason::PastKv);
-        }
         if softcap > 0.0 {
             reasons.push(Reason::Softcap(softcap));
         }
         let out = |j: usize| node.outputs.get(j).copied();
-        if [1, 2].iter().filter_map(|&j| out(j)).any(|v| is_read(g, v)) {
-            reasons.push(Reason::PresentKv);
-        }
+        // Y, then present_key/present_value up to the last one read.
+        let n_out = 1 + [1, 2].iter().filter(|&&j| out(j).is_some_and(|v| is_read(g, v))).max().unwrap_or(&0);
         if out(3).is_some_and(|v| is_read(g, v)) {
             reasons.push(Reason::QkOutput);
         }
@@ -218,7 +234,7 @@ pub fn lower_knn_attention(g: &mut Graph, lowering: &KnnLowering) -> Vec<(String
             report.push((name, Decision::Kept(reasons)));
             continue;
         }
-        let nonpad = has(6);
+        let (nonpad, past) = (has(6), [has(4), has(5)]);
         let node = &mut g.nodes[i];
         node.op = AttentionOp::KnnAttention {
             is_causal,
@@ -226,13 +242,17 @@ pub fn lower_knn_attention(g: &mut Graph, lowering: &KnnLowering) -> Vec<(String
             kv_num_heads,
             scale,
             knn: KnnConfig::from(&lowering.params),
+            cache: Default::default(),
         }
         .into();
         node.inputs.truncate(3);
-        if nonpad.is_some() {
+        if nonpad.is_some() || past.iter().any(Option::is_some) {
             node.inputs.push(nonpad);
         }
-        node.outputs.truncate(1);
+        if past.iter().any(Option::is_some) {
+            node.inputs.extend(past);
+        }
+        node.outputs.truncate(n_out);
         report.push((name, Decision::Lowered { keys }));
     }
     report
@@ -326,29 +346,56 @@ mod tests {
     }
 
     #[test]
-    fn attn_mask_past_kv_and_softcap_each_keep_attention_exact() {
+    fn attn_mask_and_softcap_each_keep_attention_exact() {
         let long = Dim::Fixed(2048);
         let low = KnnLowering::default();
         assert_eq!(kept(graph(long.clone(), 0.0, &[3], 1, true), &low), vec![Reason::AttnMask]);
-        assert_eq!(kept(graph(long.clone(), 0.0, &[4, 5], 1, true), &low), vec![Reason::PastKv]);
         assert_eq!(kept(graph(long.clone(), 30.0, &[], 1, true), &low), vec![Reason::Softcap(30.0)]);
         // all reasons at once, in one line
-        let d = decide(graph(Dim::Fixed(16), 30.0, &[3, 4, 5], 1, true), &low).0;
+        let d = decide(graph(Dim::Fixed(16), 30.0, &[3], 4, true), &low).0;
         let text = d.to_string();
         assert!(text.starts_with("kept exact: S = 16 keys < min_keys 1024"), "{text}");
-        assert!(text.contains("attn_mask") && text.contains("past_key") && text.contains("softcap"), "{text}");
+        assert!(text.contains("attn_mask") && text.contains("qk_matmul_output") && text.contains("softcap"), "{text}");
     }
 
     #[test]
-    fn read_present_or_qk_outputs_keep_attention_exact() {
+    fn a_read_qk_output_keeps_attention_exact_and_unread_outputs_are_dropped() {
         let low = KnnLowering::default();
-        assert_eq!(kept(graph(Dim::Fixed(2048), 0.0, &[], 3, true), &low), vec![Reason::PresentKv]);
         let r = kept(graph(Dim::Fixed(2048), 0.0, &[], 4, true), &low);
-        assert_eq!(r, vec![Reason::PresentKv, Reason::QkOutput]);
+        assert_eq!(r, vec![Reason::QkOutput]);
         // unread: dropped, and the node is lowered
         let (d, g) = decide(graph(Dim::Fixed(2048), 0.0, &[], 4, false), &low);
         assert!(matches!(d, Decision::Lowered { .. }));
         assert_eq!(g.nodes[0].outputs.len(), 1);
+    }
+
+    #[test]
+    fn a_kv_cache_is_lowered_keeping_its_past_inputs_and_read_present_outputs() {
+        let low = KnnLowering::default();
+        // 8 new keys after a past of 2040: S = 2048.
+        let mut g = graph(Dim::Fixed(8), 0.0, &[4, 5], 3, true);
+        for j in [3, 4] {
+            let past = Shape(vec![Dim::Fixed(1), Dim::Fixed(2), Dim::Fixed(2040), Dim::Fixed(16)]);
+            g.values[j].fact = Fact::new(DType::F32, past);
+        }
+        let (d, g) = decide(g, &low);
+        assert_eq!(d, Decision::Lowered { keys: KeyLen::Fixed(2048) });
+        let n = &g.nodes[0];
+        // Q, K, V, no nonpad_kv_seqlen, past_key, past_value; Y, present_key, present_value
+        assert_eq!(n.inputs, vec![Some(0), Some(1), Some(2), None, Some(3), Some(4)]);
+        assert_eq!(n.outputs.len(), 3);
+        g.validate().unwrap();
+        // A symbolic past (decode) needs min_keys=0, and says why.
+        let mut g = graph(Dim::Fixed(1), 0.0, &[4, 5], 3, false);
+        for j in [3, 4] {
+            let past = Shape(vec![Dim::Fixed(1), Dim::Fixed(2), Dim::Sym("P".into()), Dim::Fixed(16)]);
+            g.values[j].fact = Fact::new(DType::F32, past);
+        }
+        let r = kept(g.clone(), &low);
+        assert_eq!(r, vec![Reason::UnknownKeys { keys: KeyLen::Symbolic("P + 1".into()), min_keys: 1024 }]);
+        let (d, g) = decide(g, &KnnLowering::parse("min_keys=0").unwrap());
+        assert!(matches!(d, Decision::Lowered { .. }));
+        assert_eq!(g.nodes[0].outputs.len(), 1, "unread present outputs are dropped");
     }
 
     #[test]

@@ -251,6 +251,33 @@ pub fn knn_attention_group(
     out_stride: usize,
     stats: Option<&mut KnnStats>,
 ) {
+    knn_attention_group_cached(queries, k, v, scale, visibility, params, outs, out_stride, stats, &mut None);
+}
+
+/// [`knn_attention_group`] that carries its index from one call to the next (decode
+/// with a KV cache, ALGORITHMS.md section 1.4). When `cache` holds an index built
+/// with `params` over a prefix of this call's valid keys, bit for bit
+/// ([`KnnIndex::indexes_prefix_of`]), the call reuses it: the keys after that prefix
+/// are inserted (causal: each before the first query that sees it), none is
+/// re-indexed. Otherwise the index is built as [`knn_attention_group`] builds it.
+/// Either way `cache` holds the call's index afterwards, and the result is the one a
+/// single causal call over the whole sequence gives when every call is causal and
+/// the first key has the largest norm (so the `M^2` bounds agree; a later key above
+/// the cached bound rebuilds the index, section 1.4). Returns whether the cached
+/// index was reused.
+#[allow(clippy::too_many_arguments)]
+pub fn knn_attention_group_cached(
+    queries: &[Rows<'_>],
+    k: Rows<'_>,
+    v: Rows<'_>,
+    scale: f32,
+    visibility: Visibility,
+    params: &KnnParams,
+    outs: &mut [&mut [f32]],
+    out_stride: usize,
+    stats: Option<&mut KnnStats>,
+    cache: &mut Option<KnnIndex>,
+) -> bool {
     assert_eq!(queries.len(), outs.len(), "one output per query head");
     assert!(k.in_bounds() && v.in_bounds(), "an operand is shorter than its shape");
     assert_eq!(v.rows, k.rows, "k and v lengths differ");
@@ -266,6 +293,8 @@ pub fn knn_attention_group(
     let started = std::time::Instant::now();
     let counters = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
     let mut build_ns;
+    let mut reused = cache.take().filter(|ix| ix.len() <= valid && ix.indexes_prefix_of(k, params));
+    let reuse = reused.is_some();
 
     let answer = |index: &KnnIndex,
                   q: &[f32],
@@ -290,7 +319,15 @@ pub fn knn_attention_group(
 
     match visibility.causal_past {
         None => {
-            let index = KnnIndex::build(k.slice_rows(0..valid), params, None);
+            let index = match reused.take() {
+                Some(mut index) => {
+                    for j in index.len()..valid {
+                        index.insert(k.row(j));
+                    }
+                    index
+                }
+                None => KnnIndex::build(k.slice_rows(0..valid), params, None),
+            };
             build_ns = started.elapsed().as_nanos() as u64;
             // Big blocks let `query_batch` group rows that read the same cells; one
             // block per thread and head (at least ROWS_PER_TASK rows).
@@ -327,12 +364,23 @@ pub fn knn_attention_group(
                     c.fetch_add(n, Ordering::Relaxed);
                 }
             });
+            *cache = Some(index);
         }
         Some(_) => {
-            let bound = (0..valid).map(|j| simd::dot(k.row(j), k.row(j))).fold(0.0f32, f32::max);
-            let first = if l == 0 { 0 } else { visibility.visible(0).min(valid) };
-            let mut index = KnnIndex::build(k.slice_rows(0..first), params, Some(bound));
-            index.expect_total(valid);
+            let mut index = match reused.take() {
+                Some(mut index) => {
+                    // The promotion ratio follows the sequence length seen so far.
+                    index.expect_total(valid);
+                    index
+                }
+                None => {
+                    let bound = (0..valid).map(|j| simd::dot(k.row(j), k.row(j))).fold(0.0f32, f32::max);
+                    let first = if l == 0 { 0 } else { visibility.visible(0).min(valid) };
+                    let mut index = KnnIndex::build(k.slice_rows(0..first), params, Some(bound));
+                    index.expect_total(valid);
+                    index
+                }
+            };
             build_ns = started.elapsed().as_nanos() as u64;
             let (mut top, mut qbuf, mut w) = (TopK::new(kk), Vec::new(), Vec::new());
             for i in 0..l {
@@ -348,6 +396,7 @@ pub fn knn_attention_group(
                     answer(&index, queries[h].row(i), vis, &mut top, &mut qbuf, &mut o[i * out_stride..], &mut w);
                 }
             }
+            *cache = Some(index);
         }
     }
     if let Some(st) = stats {
@@ -356,4 +405,5 @@ pub fn knn_attention_group(
         st.retrieved += counters[2].load(Ordering::Relaxed);
         st.build_ns += build_ns;
     }
+    reuse
 }

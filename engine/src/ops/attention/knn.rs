@@ -16,9 +16,13 @@
 //! Inputs: Q, K, V (all 3-D `[B, S, heads * d]` with `q_num_heads`/`kv_num_heads`,
 //! or all 4-D `[B, heads, S, d]`; grouped-query heads share their kv head's index),
 //! then optionally `nonpad_kv_seqlen` (`[B]` int64: the number of real keys per
-//! batch; the rest is padding). Masks are limited to `is_causal` (upper-left, as
-//! ONNX `Attention`) and that key padding, because DCI ranks keys by `q . k` alone:
-//! an additive bias would change the ranking. Output: Y.
+//! batch; the rest is padding), then optionally a KV cache `past_key` /
+//! `past_value` (4-D). Masks are limited to `is_causal` (upper-left, as ONNX
+//! `Attention`) and that key padding, because DCI ranks keys by `q . k` alone: an
+//! additive bias would change the ranking. Outputs: Y, then optionally
+//! `present_key` / `present_value`. With a KV cache the node keeps its indexes
+//! between calls ([`KnnCache`]): a decode step inserts its keys into the index of
+//! the previous call instead of indexing the whole past again.
 //!
 //! The math is [`knn_attention`], a plain function over f32 slices on top of
 //! `floe_kernels::attention::knn::knn_attention_group`, run in parallel over the
@@ -33,10 +37,12 @@ use crate::error::Result;
 use crate::ops::{fixed_shape, InferInput, Kernel};
 use crate::shape::Fact;
 use crate::tensor::Tensor;
-use floe_kernels::attention::knn::{knn_attention_group, KnnParams};
+use floe_kernels::attention::knn::{knn_attention_group_cached, KnnIndex, KnnParams};
 use floe_kernels::attention::{Rows, Visibility};
 use floe_kernels::parallel;
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The k-NN and DCI parameters a `KnnAttention` node carries (and a `.floe` file
 /// stores): the fields of [`KnnParams`], which stays free of serde in the kernel
@@ -200,6 +206,52 @@ impl std::fmt::Display for KnnConfig {
     }
 }
 
+/// The indexes a `KnnAttention` node keeps from one call to the next, one per
+/// (batch, kv head) group: a decode step whose past keys are the keys of the last
+/// call inserts its new keys into that call's index instead of indexing the whole
+/// past again (`knn_attention_group_cached`; the index is used only when it covers
+/// a prefix of the call's keys bit for bit, so a stale or foreign cache costs a
+/// rebuild, never a wrong answer). Not stored in `.floe` files; clones share it.
+#[derive(Clone, Default)]
+pub struct KnnCache(Arc<CacheState>);
+
+#[derive(Default)]
+struct CacheState {
+    groups: Mutex<Vec<Option<KnnIndex>>>,
+    reused: AtomicU64,
+}
+
+impl KnnCache {
+    /// How many (call, group) pairs reused a cached index so far.
+    pub fn reused(&self) -> u64 {
+        self.0.reused.load(Ordering::Relaxed)
+    }
+
+    /// Group `g`'s index, taken out (the slot is empty until [`Self::put`]).
+    fn take(&self, g: usize) -> Option<KnnIndex> {
+        let mut groups = self.0.groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups.get_mut(g).and_then(Option::take)
+    }
+
+    fn put(&self, g: usize, index: Option<KnnIndex>, reused: bool) {
+        let mut groups = self.0.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if groups.len() <= g {
+            groups.resize_with(g + 1, || None);
+        }
+        groups[g] = index;
+        if reused {
+            self.0.reused.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl std::fmt::Debug for KnnCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let groups = self.0.groups.lock().map_or(0, |g| g.iter().flatten().count());
+        write!(f, "KnnCache({groups} indexes, {} reuses)", self.reused())
+    }
+}
+
 /// The dims of one `KnnAttention` call, from the shapes of Q, K and V.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KnnShapes {
@@ -298,8 +350,10 @@ impl KnnShapes {
 
 /// k-NN attention over f32 operands laid out as `s` says (3-D or 4-D, read in
 /// place), writing Y (`s.y_shape()`) into `y`. `nonpad` gives each batch's number
-/// of real keys. One task per (batch, kv head); each builds that group's index and
-/// answers its `q_heads / kv_heads` query heads.
+/// of real keys; the first `past` keys are a KV cache (causal queries see them
+/// all). One task per (batch, kv head); each builds that group's index, or takes
+/// it from `cache` and inserts the new keys, and answers its `q_heads / kv_heads`
+/// query heads.
 #[allow(clippy::too_many_arguments)]
 pub fn knn_attention(
     s: &KnnShapes,
@@ -308,9 +362,10 @@ pub fn knn_attention(
     v: &[f32],
     nonpad: Option<&[i64]>,
     scale: f32,
-    is_causal: bool,
+    (is_causal, past): (bool, usize),
     params: &KnnParams,
     y: &mut [f32],
+    cache: Option<&KnnCache>,
 ) -> Result<()> {
     let (l, kv, d, dv) = (s.q_len, s.kv_len, s.dim, s.v_dim);
     let group = s.q_heads / s.kv_heads;
@@ -339,9 +394,15 @@ pub fn knn_attention(
             let queries: Vec<Rows<'_>> = (0..group).map(|j| qlay.rows(q, b, kvh * group + j, l, d)).collect();
             let mut outs: Vec<&mut [f32]> = chunk.chunks_mut(l * dv).collect();
             let valid = nonpad.map_or(kv, |n| n[b].clamp(0, kv as i64) as usize);
-            let visibility = Visibility { valid_keys: valid, causal_past: is_causal.then_some(0) };
+            let visibility = Visibility { valid_keys: valid, causal_past: is_causal.then_some(past) };
             let (keys, vals) = (klay.rows(k, b, kvh, kv, d), vlay.rows(v, b, kvh, kv, dv));
-            knn_attention_group(&queries, keys, vals, scale, visibility, params, &mut outs, dv, None);
+            let mut index = cache.and_then(|c| c.take(gi));
+            let reused = knn_attention_group_cached(
+                &queries, keys, vals, scale, visibility, params, &mut outs, dv, None, &mut index,
+            );
+            if let Some(c) = cache {
+                c.put(gi, index, reused);
+            }
         })
     };
     if s.rank == 4 {
@@ -349,17 +410,43 @@ pub fn knn_attention(
     } else {
         let mut heads = vec![0.0f32; y.len()];
         groups(&mut heads);
-        let row = s.q_heads * dv;
-        for b in 0..s.batch {
-            for h in 0..s.q_heads {
-                for i in 0..l {
-                    let src = &heads[((b * s.q_heads + h) * l + i) * dv..][..dv];
-                    y[(b * l + i) * row + h * dv..][..dv].copy_from_slice(src);
-                }
+        heads_to_3d(&heads, s.batch, s.q_heads, l, dv, y);
+    }
+    Ok(())
+}
+
+/// `[B, H, L, D]` rows into `[B, L, H * D]`.
+fn heads_to_3d(heads: &[f32], batch: usize, h_count: usize, l: usize, dv: usize, y: &mut [f32]) {
+    let row = h_count * dv;
+    for b in 0..batch {
+        for h in 0..h_count {
+            for i in 0..l {
+                let src = &heads[((b * h_count + h) * l + i) * dv..][..dv];
+                y[(b * l + i) * row + h * dv..][..dv].copy_from_slice(src);
             }
         }
     }
-    Ok(())
+}
+
+/// `x` (`heads` heads of `seq` rows of `dim`, laid out as `rank` says) as 4-D
+/// `[B, heads, P + seq, dim]`, after the `p` rows per head of the 4-D `past`.
+fn heads_4d(
+    x: &[f32],
+    rank: usize,
+    (batch, heads, seq, dim): (usize, usize, usize, usize),
+    past: &[f32],
+    p: usize,
+) -> Vec<f32> {
+    let lay = Layout::new(rank, heads, seq, dim);
+    let mut out = Vec::with_capacity(batch * heads * (p + seq) * dim);
+    for b in 0..batch {
+        for h in 0..heads {
+            out.extend_from_slice(&past[(b * heads + h) * p * dim..][..p * dim]);
+            let rows = lay.rows(x, b, h, seq, dim);
+            (0..seq).for_each(|i| out.extend_from_slice(rows.row(i)));
+        }
+    }
+    out
 }
 
 /// A float tensor's values as f32 (borrowed when it already is f32).
@@ -381,13 +468,15 @@ fn nonpad_lens(t: Option<&Tensor>, batch: usize) -> Result<Option<Vec<i64>>> {
 }
 
 /// `KnnAttention` on tensors of any float dtype (computed in f32): the executor's
-/// path when the shapes were not known at plan time.
+/// path when the shapes were not known at plan time, and the KV-cache path (inputs
+/// past_key/past_value, outputs present_key/present_value, as ONNX `Attention`:
+/// the past is 4-D `[B, kv_heads, P, head_size]`, present is past then K / V).
 pub(super) fn eval_knn(op: &AttentionOp, n_outputs: usize, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor>> {
-    let AttentionOp::KnnAttention { is_causal, q_num_heads, kv_num_heads, scale, knn } = op else {
+    let AttentionOp::KnnAttention { is_causal, q_num_heads, kv_num_heads, scale, knn, cache } = op else {
         bail!("eval_knn called on {op:?}");
     };
-    if n_outputs != 1 {
-        bail!("KnnAttention has one output (Y), got {n_outputs}");
+    if n_outputs == 0 || n_outputs > 3 {
+        bail!("KnnAttention has 1 to 3 outputs (Y, present_key, present_value), got {n_outputs}");
     }
     let (qt, kt, vt) = (input(inputs, 0, "Q")?, input(inputs, 1, "K")?, input(inputs, 2, "V")?);
     for (t, what) in [(qt, "Q"), (kt, "K"), (vt, "V")] {
@@ -396,15 +485,67 @@ pub(super) fn eval_knn(op: &AttentionOp, n_outputs: usize, inputs: &[Option<&Ten
     let s = KnnShapes::new(qt.shape(), kt.shape(), vt.shape(), *q_num_heads, *kv_num_heads)?;
     let lens = nonpad_lens(opt_input(inputs, 3), s.batch)?;
     let scale = scale.unwrap_or(1.0 / (s.dim as f32).sqrt());
-    let mut y = vec![0.0f32; s.y_len()];
     let (q, k, v) = (f32_values(qt)?, f32_values(kt)?, f32_values(vt)?);
-    knn_attention(&s, &q, &k, &v, lens.as_deref(), scale, *is_causal, &knn.params(), &mut y)?;
-    if qt.dtype() == DType::F32 {
-        Ok(vec![Tensor::from_vec(&s.y_shape(), y)?])
-    } else {
-        let y64: Vec<f64> = y.into_iter().map(f64::from).collect();
-        Ok(vec![to_float_tensor(&s.y_shape(), &y64, qt.dtype())?])
+    let params = knn.params();
+    let past = match (opt_input(inputs, 4), opt_input(inputs, 5)) {
+        (None, None) => None,
+        (Some(pk), Some(pv)) => Some((pk, pv)),
+        _ => bail!("KnnAttention: past_key and past_value must be given together"),
+    };
+    let out = |shape: &[usize], x: Vec<f32>, like: &Tensor| -> Result<Tensor> {
+        if like.dtype() == DType::F32 {
+            Tensor::from_vec(shape, x)
+        } else {
+            let x64: Vec<f64> = x.into_iter().map(f64::from).collect();
+            to_float_tensor(shape, &x64, like.dtype())
+        }
+    };
+    let mut y = vec![0.0f32; s.y_len()];
+    if past.is_none() && n_outputs == 1 {
+        knn_attention(&s, &q, &k, &v, lens.as_deref(), scale, (*is_causal, 0), &params, &mut y, None)?;
+        return Ok(vec![out(&s.y_shape(), y, qt)?]);
     }
+    // KV cache: keys and values after their past, every operand as 4-D heads.
+    let (pk, pv, p) = match past {
+        Some((pk, pv)) => {
+            let p = pk.shape().get(2).copied().unwrap_or(0);
+            let want = |dim: usize| [s.batch, s.kv_heads, p, dim];
+            if pk.shape() != want(s.dim) || pv.shape() != want(s.v_dim) {
+                bail!(
+                    "KnnAttention: past_key {:?} and past_value {:?} must be [batch, kv_heads, past, head_size] = {:?} and {:?}",
+                    pk.shape(),
+                    pv.shape(),
+                    want(s.dim),
+                    want(s.v_dim)
+                );
+            }
+            if pk.dtype() != kt.dtype() || pv.dtype() != vt.dtype() {
+                bail!("KnnAttention: past_key/past_value dtypes must match K/V ({}, {})", kt.dtype(), vt.dtype());
+            }
+            (f32_values(pk)?, f32_values(pv)?, p)
+        }
+        None => (Cow::Borrowed(&[][..]), Cow::Borrowed(&[][..]), 0),
+    };
+    let (b, hq, hkv, l, n) = (s.batch, s.q_heads, s.kv_heads, s.q_len, s.kv_len);
+    let k4 = heads_4d(&k, s.rank, (b, hkv, n, s.dim), &pk, p);
+    let v4 = heads_4d(&v, s.rank, (b, hkv, n, s.v_dim), &pv, p);
+    let q4 = if s.rank == 4 { q } else { Cow::Owned(heads_4d(&q, 3, (b, hq, l, s.dim), &[], 0)) };
+    let s4 = KnnShapes { rank: 4, kv_len: p + n, ..s };
+    let mut y4 = vec![0.0f32; s.y_len()];
+    knn_attention(&s4, &q4, &k4, &v4, lens.as_deref(), scale, (*is_causal, p), &params, &mut y4, Some(cache))?;
+    if s.rank == 4 {
+        y = y4;
+    } else {
+        heads_to_3d(&y4, b, hq, l, s.v_dim, &mut y);
+    }
+    let mut outs = vec![out(&s.y_shape(), y, qt)?];
+    if n_outputs > 1 {
+        outs.push(out(&[b, hkv, p + n, s.dim], k4, kt)?);
+    }
+    if n_outputs > 2 {
+        outs.push(out(&[b, hkv, p + n, s.v_dim], v4, vt)?);
+    }
+    Ok(outs)
 }
 
 /// The planned f32 kernel: shapes and parameters fixed at plan time.
@@ -419,9 +560,12 @@ pub(super) struct KnnKernel {
 impl KnnKernel {
     /// The kernel for these inputs, or `None` (other dtypes, unknown shapes) to use `eval`.
     pub(super) fn plan(op: &AttentionOp, inputs: &[InferInput<'_>], outputs: &[Fact]) -> Result<Option<Self>> {
-        let AttentionOp::KnnAttention { is_causal, q_num_heads, kv_num_heads, scale, knn } = op else {
+        let AttentionOp::KnnAttention { is_causal, q_num_heads, kv_num_heads, scale, knn, .. } = op else {
             return Ok(None);
         };
+        if inputs.len() > 4 {
+            return Ok(None); // KV cache: `eval_knn`, which keeps the node's indexes
+        }
         let shape = |i: usize| inputs.get(i).and_then(fixed_shape);
         let dtype = |i: usize| inputs.get(i).and_then(|x| x.fact.dtype);
         let (Some(qs), Some(ks), Some(vs)) = (shape(0), shape(1), shape(2)) else { return Ok(None) };
@@ -452,9 +596,10 @@ impl Kernel for KnnKernel {
             v.as_slice::<f32>()?,
             lens.as_deref(),
             self.scale,
-            self.is_causal,
+            (self.is_causal, 0),
             &self.params,
             y.as_mut_slice::<f32>()?,
+            None,
         )
     }
 }
@@ -566,6 +711,7 @@ mod tests {
             // Exact parents within visited cells: IceFormer's own construction has
             // low recall on unclustered random keys (kernels/tests/knn_attention.rs).
             knn: KnnConfig { seed, construction_scan: true, ..KnnConfig::default() },
+            cache: KnnCache::default(),
         }
     }
 
@@ -680,6 +826,82 @@ mod tests {
         let crate::ops::Op::Attention(back) = back else { panic!("not an attention op") };
         let (a, b2) = (run_planned(&op, &ins), run_planned(&back, &ins));
         assert_eq!(a.to_f64_vec(), b2.to_f64_vec(), "same seed, same output");
+    }
+
+    #[test]
+    fn kv_cache_decode_reuses_the_index_and_equals_one_causal_call_over_the_sequence() {
+        // GQA (2 query heads on 1 kv head), 4-D: prefill 1100 tokens with an empty
+        // past, then 10 decode steps each feeding the previous present_key/value.
+        let (hq, hkv, pre, total, d) = (2, 1, 1100, 1110, 16);
+        let [q, mut k, v] = peaked(&mut Rng(0xdec0de), (1, hq, hkv), total, total, d, d, |_, i| i + 1);
+        // Key 0 has the largest norm, so every call's M^2 bound is the whole sequence's.
+        k[..d].iter_mut().for_each(|x| *x *= 2.0);
+        let rows = |x: &[f32], h: usize, r: std::ops::Range<usize>| -> Tensor {
+            let mut out = Vec::new();
+            (0..h).for_each(|hi| out.extend_from_slice(&x[(hi * total + r.start) * d..(hi * total + r.end) * d]));
+            Tensor::from_vec(&[1, h, r.len(), d], out).unwrap()
+        };
+        // Reference: one causal call over the whole sequence, on a node of its own.
+        let whole = knn_op(true, None, 5)
+            .eval(
+                &EvalCtx { n_outputs: 1 },
+                &[Some(&rows(&q, hq, 0..total)), Some(&rows(&k, hkv, 0..total)), Some(&rows(&v, hkv, 0..total))],
+            )
+            .unwrap()
+            .remove(0);
+        let whole = whole.as_slice::<f32>().unwrap();
+        let want = |h: usize, i: usize| &whole[(h * total + i) * d..][..d];
+
+        let op = knn_op(true, None, 5);
+        let AttentionOp::KnnAttention { cache, .. } = &op else { unreachable!() };
+        let step = |r: std::ops::Range<usize>, past: (&Tensor, &Tensor)| {
+            let ins = [rows(&q, hq, r.clone()), rows(&k, hkv, r.clone()), rows(&v, hkv, r)];
+            let args = [Some(&ins[0]), Some(&ins[1]), Some(&ins[2]), None, Some(past.0), Some(past.1)];
+            op.eval(&EvalCtx { n_outputs: 3 }, &args).unwrap()
+        };
+        let empty = Tensor::from_vec(&[1, hkv, 0, d], Vec::<f32>::new()).unwrap();
+        let mut outs = step(0..pre, (&empty, &empty));
+        for h in 0..hq {
+            for i in 0..pre {
+                assert_eq!(&outs[0].as_slice::<f32>().unwrap()[(h * pre + i) * d..][..d], want(h, i), "prefill");
+            }
+        }
+        assert_eq!(cache.reused(), 0);
+        for t in pre..total {
+            let (pk, pv) = (outs.remove(1), outs.remove(1));
+            outs = step(t..t + 1, (&pk, &pv));
+            for h in 0..hq {
+                assert_eq!(&outs[0].as_slice::<f32>().unwrap()[h * d..][..d], want(h, t), "decode step {t}");
+            }
+        }
+        assert_eq!(cache.reused(), (total - pre) as u64, "every decode step reused the index");
+        assert_eq!(outs[1].shape(), &[1, hkv, total, d]);
+        assert_eq!(outs[1].as_slice::<f32>().unwrap(), rows(&k, hkv, 0..total).as_slice::<f32>().unwrap());
+        assert_eq!(outs[2].as_slice::<f32>().unwrap(), rows(&v, hkv, 0..total).as_slice::<f32>().unwrap());
+
+        // Another sequence through the same node (a changed past key) rebuilds and
+        // answers as a fresh node does.
+        let mut other = rows(&k, hkv, 0..total - 1).as_slice::<f32>().unwrap().to_vec();
+        other[3 * d] += 0.5;
+        let other = Tensor::from_vec(&[1, hkv, total - 1, d], other).unwrap();
+        let pv = rows(&v, hkv, 0..total - 1);
+        let got = step(total - 1..total, (&other, &pv));
+        let fresh = knn_op(true, None, 5);
+        let ins = [rows(&q, hq, total - 1..total), rows(&k, hkv, total - 1..total), rows(&v, hkv, total - 1..total)];
+        let args = [Some(&ins[0]), Some(&ins[1]), Some(&ins[2]), None, Some(&other), Some(&pv)];
+        let want_fresh = fresh.eval(&EvalCtx { n_outputs: 1 }, &args).unwrap();
+        assert_eq!(got[0].as_slice::<f32>().unwrap(), want_fresh[0].as_slice::<f32>().unwrap());
+        assert_eq!(cache.reused(), (total - pre) as u64, "a foreign past is not reused");
+        // The past must be whole: one of the two, or a wrong shape, is an error.
+        let one = op
+            .eval(&EvalCtx { n_outputs: 1 }, &[Some(&ins[0]), Some(&ins[1]), Some(&ins[2]), None, Some(&other), None]);
+        assert!(one.unwrap_err().to_string().contains("together"));
+        let short = rows(&v, hkv, 0..3);
+        let bad = op.eval(
+            &EvalCtx { n_outputs: 1 },
+            &[Some(&ins[0]), Some(&ins[1]), Some(&ins[2]), None, Some(&other), Some(&short)],
+        );
+        assert!(bad.unwrap_err().to_string().contains("past_value"));
     }
 
     #[test]

@@ -22,7 +22,7 @@
 mod kernel;
 mod knn;
 
-pub use knn::{knn_attention, KnnConfig, KnnShapes};
+pub use knn::{knn_attention, KnnCache, KnnConfig, KnnShapes};
 
 use super::{input, opt_input, EvalCtx, InferInput, Kernel, OpImpl};
 use crate::dtype::{DType, Element};
@@ -72,8 +72,11 @@ pub enum AttentionOp {
     },
     /// IceFormer k-NN attention (`knn.rs`), the approximate replacement of an
     /// `Attention` that the `lower_knn_attention` pass puts in when asked. Inputs: Q,
-    /// K, V, nonpad_kv_seqlen?. Output: Y. Masks: `is_causal` and key padding only.
-    /// (Last variant: `.floe` files store the variant index.)
+    /// K, V, nonpad_kv_seqlen?, past_key?, past_value?. Outputs: Y, present_key?,
+    /// present_value?. Masks: `is_causal` and key padding only. With a KV cache the
+    /// node keeps its indexes between calls (`cache`) and a decode step inserts its
+    /// new keys instead of re-indexing the past. (Last variant: `.floe` files store
+    /// the variant index.)
     KnnAttention {
         is_causal: bool,
         /// As for `Attention`: required for 3-D inputs.
@@ -82,6 +85,9 @@ pub enum AttentionOp {
         /// `None`: `1 / sqrt(head_size)`.
         scale: Option<f32>,
         knn: KnnConfig,
+        /// Run-time state, not stored in `.floe` files.
+        #[serde(skip)]
+        cache: KnnCache,
     },
 }
 
@@ -612,16 +618,26 @@ impl OpImpl for AttentionOp {
         let fact = |i: usize| inputs.get(i).map(|x| x.fact.clone()).unwrap_or_else(Fact::unknown);
         match self {
             AttentionOp::RotaryEmbedding { .. } => Ok(vec![fact(0)]),
-            // Y has the shape `Attention` gives it without past inputs.
-            AttentionOp::KnnAttention { q_num_heads, kv_num_heads, .. } => AttentionOp::Attention {
-                is_causal: false,
-                q_num_heads: *q_num_heads,
-                kv_num_heads: *kv_num_heads,
-                scale: None,
-                softcap: 0.0,
-                qk_output: QkOutput::Raw,
+            // Y, present_key and present_value have the shapes `Attention` gives
+            // them (its inputs 4 and 5 are the past, as here; no attn_mask).
+            AttentionOp::KnnAttention { q_num_heads, kv_num_heads, .. } => {
+                let unknown = Fact::unknown();
+                let none = InferInput { fact: &unknown, value: None };
+                let mut ins: Vec<InferInput<'_>> = inputs.iter().take(3).cloned().collect();
+                if inputs.len() > 4 {
+                    ins.push(none);
+                    ins.extend(inputs[4..].iter().take(2).cloned());
+                }
+                AttentionOp::Attention {
+                    is_causal: false,
+                    q_num_heads: *q_num_heads,
+                    kv_num_heads: *kv_num_heads,
+                    scale: None,
+                    softcap: 0.0,
+                    qk_output: QkOutput::Raw,
+                }
+                .infer(&ins, n.min(3))
             }
-            .infer(&inputs[..inputs.len().min(3)], 1),
             AttentionOp::Attention { q_num_heads, kv_num_heads, .. } => {
                 let (q, k, v) = (fact(0), fact(1), fact(2));
                 let dims = |f: &Fact, r: usize| f.shape.as_ref().filter(|s| s.rank() == r).map(|s| s.0.clone());

@@ -675,6 +675,26 @@ impl KnnIndex {
         &self.params
     }
 
+    /// The indexed keys, `len() x dim()` row-major, in insertion order.
+    pub fn keys(&self) -> &[f32] {
+        &self.keys
+    }
+
+    /// True when the index was built with `params` over exactly the first `len()`
+    /// rows of `keys` (bit for bit): it can answer queries over them and take the
+    /// following rows by [`Self::insert`] (a decode step reusing its index).
+    pub fn indexes_prefix_of(&self, keys: Rows<'_>, params: &KnnParams) -> bool {
+        let (n, d) = (self.len(), self.d);
+        keys.in_bounds()
+            && keys.cols == d
+            && n <= keys.rows
+            && self.params == *params
+            && (0..n).all(|i| {
+                let (a, b) = (keys.row(i), &self.keys[i * d..(i + 1) * d]);
+                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+            })
+    }
+
     /// Sets the promotion ratio of later insertions from the expected final number
     /// of keys (IceFormer derives it from the whole sequence length).
     pub fn expect_total(&mut self, total_keys: usize) {
