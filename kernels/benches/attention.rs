@@ -3,6 +3,10 @@
 //! (a) the exact kernel `exact::attention_head` (tiled, online softmax) against the
 //!     hand-fused unfused path (sgemm `Q K^T` with `alpha = scale` into an `L x S`
 //!     buffer, `softmax_f32` per row, sgemm `P V`), L = S in {128, 512, 2048, 8192};
+//! (c) decode, `attention_decode`: a few queries (1, 4, 8, 16) causal after a KV
+//!     cache of S - L keys, S in {4096, 16384}: `attention_head` (which reads the
+//!     keys in place for at most `DECODE_MAX_QUERIES` queries) against the tiled
+//!     kernel and the unfused path;
 //! (b) IceFormer k-NN attention (index build included, as IceFormer counts it)
 //!     against `attention_head`, L = S in {1K, 2K, 4K, 8K, 16K}, on random and on
 //!     peaked Q/K/V (benches/attention_data.rs). For each L the quality figures of
@@ -18,7 +22,7 @@
 //! same table without criterion.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use floe_kernels::attention::exact::{attention_head, HeadParams};
+use floe_kernels::attention::exact::{attention_head, attention_head_tiled, HeadParams};
 use floe_kernels::attention::knn::{knn_attention_group, KnnParams, KnnStats};
 use floe_kernels::attention::{Rows, Visibility};
 use floe_kernels::gemm::{self, MatRef};
@@ -122,5 +126,40 @@ fn knn_vs_exact(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, exact_vs_unfused, knn_vs_exact);
+fn decode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("attention_decode");
+    g.sample_size(20);
+    g.warm_up_time(Duration::from_millis(300));
+    g.measurement_time(Duration::from_secs(2));
+    for s in [4096usize, 16384] {
+        let (q, k, v) = random(s, D, 3);
+        for l in [1usize, 4, 8, 16] {
+            let hp = HeadParams { scale: 0.125, softcap: 0.0, visibility: Visibility::causal(s, s - l) };
+            let (qr, kr, vr) = (Rows::new(&q[..l * D], l, D), Rows::new(&k, s, D), Rows::new(&v, s, D));
+            let mut out = vec![0.0; l * D];
+            let mut scores = vec![0.0; l * s];
+            let id = |name: &str| BenchmarkId::new(name, format!("{l}x{s}"));
+            g.bench_function(id("attention_head"), |b| {
+                b.iter(|| one_thread(|| attention_head(qr, kr, vr, None, &hp, black_box(&mut out), D)))
+            });
+            g.bench_function(id("tiled"), |b| {
+                b.iter(|| one_thread(|| attention_head_tiled(qr, kr, vr, None, &hp, black_box(&mut out), D)))
+            });
+            // Unfused, without a causal mask (every query of a decode step sees
+            // nearly every key): sgemm, softmax per row, sgemm.
+            g.bench_function(id("unfused_sgemm_softmax_sgemm"), |b| {
+                b.iter(|| {
+                    one_thread(|| {
+                        gemm::sgemm(0.125, MatRef::new(&q[..l * D], l, D), MatRef::new(&k, s, D).t(), 0.0, &mut scores);
+                        scores.chunks_mut(s).for_each(floe_kernels::softmax::softmax_f32);
+                        gemm::sgemm(1.0, MatRef::new(&scores, l, s), MatRef::new(&v, s, D), 0.0, black_box(&mut out));
+                    })
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, exact_vs_unfused, knn_vs_exact, decode);
 criterion_main!(benches);

@@ -18,6 +18,7 @@
 //! `softcap > 0`, then `+ bias_ij`. A query that sees no key gets NaN (the softmax
 //! of an empty or all `-inf` row is undefined; ONNX's reference gives NaN too).
 
+use super::rows::Keys;
 use super::{Rows, Visibility};
 use crate::gemm::{self, MatRef, MicroKernel, PackedA, PackedB, KC};
 use crate::vecmath::{self, Func};
@@ -134,10 +135,18 @@ pub const ROWS_MAX_KEYS: usize = 128;
 /// row path is still ahead, 17 against 19 us).
 const TILED_MIN: usize = 64;
 
+/// At most this many queries over more than [`ROWS_MAX_KEYS`] keys (a decode step
+/// over a KV cache) also run a query at a time, with the keys read in place: a
+/// tile of queries would be mostly padding, and packing the keys would cost more
+/// than the dot products (`DECODE_MAX_QUERIES` chosen from `attention_decode`
+/// in benches/attention.rs).
+pub const DECODE_MAX_QUERIES: usize = 8;
+
 /// Exact attention of one head. `out` row `i` starts at `i * out_stride`. Queries
 /// that see few keys (at most [`ROWS_MAX_KEYS`], or fewer than `TILED_MIN` queries
-/// or keys) run a query at a time against
-/// transposed keys, the rest through [`attention_head_tiled`]. Runs on the calling
+/// or keys) run a query at a time against transposed keys, at most
+/// [`DECODE_MAX_QUERIES`] queries over more keys a query at a time against the
+/// keys in place, the rest through [`attention_head_tiled`]. Runs on the calling
 /// thread; allocation-free after a thread's first call of this size.
 ///
 /// # Panics
@@ -156,17 +165,25 @@ pub fn attention_head(
         return;
     }
     let reach = p.visibility.visible(l - 1).min(s);
-    if reach > ROWS_MAX_KEYS || (l >= TILED_MIN && reach > TILED_MIN) {
+    let in_place = reach > ROWS_MAX_KEYS && l <= DECODE_MAX_QUERIES;
+    if !in_place && (reach > ROWS_MAX_KEYS || (l >= TILED_MIN && reach > TILED_MIN)) {
         return attention_head_tiled(q, k, v, bias, p, out, out_stride);
     }
     let isa = vecmath::selected();
     let stride = reach.div_ceil(isa.lanes()).max(1) * isa.lanes();
+    let vis = Visibility { valid_keys: p.visibility.valid_keys.min(reach), ..p.visibility };
+    let p = HeadParams { visibility: vis, ..*p };
+    let (k, v) = (k.slice_rows(0..reach), v.slice_rows(0..reach));
     ROWS_SCRATCH.with_borrow_mut(|(kt, scores)| {
-        let (kt, scores) = (grow(kt, d * stride), grow(scores, super::rows::scores_len(l, stride)));
-        super::rows::transpose_keys(&k.slice_rows(0..reach), stride, kt);
-        let vis = Visibility { valid_keys: p.visibility.valid_keys.min(reach), ..p.visibility };
-        let p = HeadParams { visibility: vis, ..*p };
-        isa.attend_rows(q, kt, stride, v.slice_rows(0..reach), bias, &p, scores, out, out_stride);
+        let scores = grow(scores, super::rows::scores_len(l, stride));
+        let keys = if in_place {
+            Keys::Rows(k)
+        } else {
+            let kt = grow(kt, d * stride);
+            super::rows::transpose_keys(&k, stride, kt);
+            Keys::Transposed(kt, stride)
+        };
+        isa.attend_rows(q, keys, stride, v, bias, &p, scores, out, out_stride);
     })
 }
 
@@ -368,6 +385,12 @@ mod tests {
             (64, 256, 64, 64),
             // a head size above one packing slice (the score tiles add up slices)
             (70, 200, 300, 16),
+            // decode: a few queries over many keys, read in place by the row path
+            // (head sizes off the vector width, short last blocks of queries)
+            (1, 300, 16, 8),
+            (3, 700, 19, 7),
+            (8, 513, 64, 64),
+            (5, 200, 40, 33),
         ] {
             for causal in [None, Some(0), Some(s.saturating_sub(l))] {
                 for (valid, softcap, with_bias) in [(s, 0.0, false), (s - s / 3, 0.0, true), (s, 2.5, true)] {

@@ -1,9 +1,12 @@
 //! Exact attention of one head a query at a time, for products too small for the
-//! tiled kernel's packing to pay off (a few dozen keys, as in a short encoder window
-//! or a streaming step): the keys are held transposed (`d x S`, padded to whole
+//! tiled kernel's packing to pay off: a few dozen keys (a short encoder window or a
+//! streaming step), or a few queries over many keys (a decode step over a KV
+//! cache). With few keys, they are held transposed (`d x S`, padded to whole
 //! vectors), so a query's scores are `d` vector FMAs per `LANES` keys with no
-//! horizontal sums; then the softmax over the visible keys and a weighted sum of
-//! the value rows, both in full vectors.
+//! horizontal sums; with few queries, the keys are read in place, one dot product
+//! per (query, key), as transposing or packing them would cost more than the dots.
+//! Then the softmax over the visible keys and a weighted sum of the value rows,
+//! both in full vectors.
 //!
 //! The result is the one [`super::exact::attention_head`] defines (same visibility,
 //! softcap, bias and NaN rules); only the order of the additions differs.
@@ -30,6 +33,16 @@ pub(crate) fn transpose_keys(k: &Rows<'_>, stride: usize, kt: &mut [f32]) {
     }
 }
 
+/// Where [`attend`] reads the keys from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Keys<'a> {
+    /// Transposed by [`transpose_keys`]: `d` rows of a stride that is a multiple of
+    /// the vector width.
+    Transposed(&'a [f32], usize),
+    /// In place, `S x d`.
+    Rows(Rows<'a>),
+}
+
 /// Queries computed together: their independent FMA and `exp` chains interleave,
 /// and each key and value vector loaded serves all of them.
 const QB: usize = 4;
@@ -40,9 +53,11 @@ pub(crate) fn scores_len(l: usize, stride: usize) -> usize {
     rows * stride + rows
 }
 
-/// Attention of every query of `q` against the transposed keys `kt` (`d` rows of
-/// `kt_stride`, a multiple of `S::LANES`), values `v`, optional additive `bias`;
-/// `scores` holds at least [`scores_len`] floats. Output row `i` at `i * out_stride`.
+/// Attention of every query of `q` against `keys`, values `v`, optional additive
+/// `bias`; `kt_stride` (a multiple of `S::LANES`, at least the keys any query
+/// sees) is the transposed keys' stride and the row stride of the weights in
+/// `scores`, which holds at least [`scores_len`] floats. Output row `i` at
+/// `i * out_stride`.
 ///
 /// Two phases: every query's softmax weights first, then the weighted sums, so the
 /// weights are read back long after they were stored (a scalar load right behind a
@@ -52,7 +67,7 @@ pub(crate) fn scores_len(l: usize, stride: usize) -> usize {
 pub(crate) fn attend<S: Simd>(
     s: S,
     q: Rows<'_>,
-    kt: &[f32],
+    keys: Keys<'_>,
     kt_stride: usize,
     v: Rows<'_>,
     bias: Option<Rows<'_>>,
@@ -64,7 +79,11 @@ pub(crate) fn attend<S: Simd>(
     let (l, dv) = (q.rows, v.cols);
     let lanes = S::LANES;
     assert!(lanes <= IOTA.len() && kt_stride.is_multiple_of(lanes), "bad key stride");
-    assert!(kt.len() >= q.cols * kt_stride && scores.len() >= scores_len(l, kt_stride), "buffers too small");
+    assert!(scores.len() >= scores_len(l, kt_stride), "buffers too small");
+    match keys {
+        Keys::Transposed(kt, stride) => assert!(stride == kt_stride && kt.len() >= q.cols * kt_stride, "bad keys"),
+        Keys::Rows(k) => assert!(k.in_bounds() && k.cols == q.cols && k.rows >= v.rows, "bad keys"),
+    }
     let (weights, inv_total) = scores.split_at_mut(l.div_ceil(QB) * QB * kt_stride);
     let scale = s.splat(p.scale);
     let (cap, inv_cap) = (s.splat(p.softcap), s.splat(1.0 / p.softcap));
@@ -82,13 +101,40 @@ pub(crate) fn attend<S: Simd>(
         // Scores in whole vectors; lanes past a query's last key become -inf.
         let mut vmax = [neg_inf; QB];
         for j0 in (0..padded).step_by(lanes) {
-            let mut acc = [s.splat(0.0); QB];
-            for c in 0..q.cols {
-                let kv = s.load(&kt[c * kt_stride + j0..]);
-                for r in 0..QB {
-                    acc[r] = s.mul_add(s.splat(qs[r][c]), kv, acc[r]);
+            let acc = match keys {
+                Keys::Transposed(kt, _) => {
+                    let mut acc = [s.splat(0.0); QB];
+                    for c in 0..q.cols {
+                        let kv = s.load(&kt[c * kt_stride + j0..]);
+                        for r in 0..QB {
+                            acc[r] = s.mul_add(s.splat(qs[r][c]), kv, acc[r]);
+                        }
+                    }
+                    acc
                 }
-            }
+                Keys::Rows(k) => {
+                    // One dot per (query, key); keys past the last one score 0
+                    // (masked below).
+                    // A short last block computes its real queries only.
+                    let mut dots = [[0.0f32; 16]; QB];
+                    let real = QB.min(l - i0);
+                    for (jj, j) in (j0..(j0 + lanes).min(n_max)).enumerate() {
+                        let key = k.row(j);
+                        if real == 1 {
+                            dots[0][jj] = dot(s, qs[0], key);
+                        } else {
+                            let d = dot4(s, &qs, key);
+                            for r in 0..QB {
+                                dots[r][jj] = d[r];
+                            }
+                        }
+                    }
+                    for r in real..QB {
+                        dots[r] = dots[real - 1];
+                    }
+                    dots.map(|row| s.load(&row[..lanes]))
+                }
+            };
             for r in 0..QB {
                 let mut x = s.mul(acc[r], scale);
                 if p.softcap > 0.0 {
@@ -153,4 +199,43 @@ pub(crate) fn attend<S: Simd>(
             c0 += lanes;
         }
     }
+}
+
+/// `QB` dot products of `key` with the queries `qs` (each at least `key.len()` long),
+/// sharing every key vector load.
+#[inline(always)]
+fn dot4<S: Simd>(s: S, qs: &[&[f32]; QB], key: &[f32]) -> [f32; QB] {
+    let (d, lanes) = (key.len(), S::LANES);
+    let mut acc = [s.splat(0.0); QB];
+    let mut c = 0;
+    while c + lanes <= d {
+        let kv = s.load(&key[c..]);
+        for r in 0..QB {
+            acc[r] = s.mul_add(s.load(&qs[r][c..]), kv, acc[r]);
+        }
+        c += lanes;
+    }
+    let mut out = acc.map(|a| s.reduce_sum(a));
+    for (r, o) in out.iter_mut().enumerate() {
+        *o += qs[r][c..d].iter().zip(&key[c..]).map(|(a, b)| a * b).sum::<f32>();
+    }
+    out
+}
+
+/// `q . key` (`q` at least `key.len()` long).
+#[inline(always)]
+fn dot<S: Simd>(s: S, q: &[f32], key: &[f32]) -> f32 {
+    let (d, lanes) = (key.len(), S::LANES);
+    let (mut a0, mut a1) = (s.splat(0.0), s.splat(0.0));
+    let mut c = 0;
+    while c + 2 * lanes <= d {
+        a0 = s.mul_add(s.load(&q[c..]), s.load(&key[c..]), a0);
+        a1 = s.mul_add(s.load(&q[c + lanes..]), s.load(&key[c + lanes..]), a1);
+        c += 2 * lanes;
+    }
+    if c + lanes <= d {
+        a0 = s.mul_add(s.load(&q[c..]), s.load(&key[c..]), a0);
+        c += lanes;
+    }
+    s.reduce_sum(s.add(a0, a1)) + q[c..d].iter().zip(&key[c..]).map(|(a, b)| a * b).sum::<f32>()
 }

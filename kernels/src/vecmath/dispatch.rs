@@ -11,6 +11,7 @@ use super::funcs::{Erf, Exp, Gelu, GeluTanh, Sigmoid, Silu, Tanh};
 use super::simd::Simd;
 use super::{Func, Isa};
 use crate::attention::exact::HeadParams;
+use crate::attention::rows::Keys;
 use crate::attention::Rows;
 
 /// `out = f(x)` with the function picked by `f` (a predictable branch per call).
@@ -84,7 +85,7 @@ macro_rules! isa_table {
                 layer_norm(x: &[f32], g: &[f32], b: Option<&[f32]>, eps: f32, out: &mut [f32]) = crate::norm::layer_norm);
             entry!($tok $(, $features)?, rms_norm(x: &[f32], g: &[f32], eps: f32, out: &mut [f32]) = crate::norm::rms_norm);
             entry!($tok $(, $features)?,
-                attend(q: Rows<'_>, kt: &[f32], kt_stride: usize, v: Rows<'_>, bias: Option<Rows<'_>>, p: &HeadParams,
+                attend(q: Rows<'_>, keys: Keys<'_>, stride: usize, v: Rows<'_>, bias: Option<Rows<'_>>, p: &HeadParams,
                     scores: &mut [f32], out: &mut [f32], out_stride: usize) = crate::attention::rows::attend);
 
             pub const TABLE: Isa = Isa {

@@ -26,6 +26,7 @@ pub mod simd;
 pub mod x86;
 
 use crate::attention::exact::HeadParams;
+use crate::attention::rows::Keys;
 use crate::attention::Rows;
 use std::sync::OnceLock;
 
@@ -63,8 +64,8 @@ impl Func {
     }
 }
 
-/// `attend_rows(q, kt, kt_stride, v, bias, params, scores, out, out_stride)`.
-type AttendFn = fn(Rows<'_>, &[f32], usize, Rows<'_>, Option<Rows<'_>>, &HeadParams, &mut [f32], &mut [f32], usize);
+/// `attend_rows(q, keys, stride, v, bias, params, scores, out, out_stride)`.
+type AttendFn = fn(Rows<'_>, Keys<'_>, usize, Rows<'_>, Option<Rows<'_>>, &HeadParams, &mut [f32], &mut [f32], usize);
 
 /// `online_softmax_cols(tile, width, max, sum, acc)`.
 type OnlineColsFn = fn(&mut [f32], usize, &mut [f32], &mut [f32], &mut [f32]);
@@ -160,15 +161,15 @@ impl Isa {
         (self.mean_var)(x)
     }
 
-    /// One head's exact attention a query at a time against keys held transposed
-    /// (`crate::attention::rows`; `attention::exact::attention_head` picks it for
-    /// small products).
+    /// One head's exact attention a query at a time (`crate::attention::rows`;
+    /// `attention::exact::attention_head` picks it for small products and for a
+    /// few queries over many keys, as in decoding).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn attend_rows(
         &self,
         q: Rows<'_>,
-        kt: &[f32],
-        kt_stride: usize,
+        keys: Keys<'_>,
+        stride: usize,
         v: Rows<'_>,
         bias: Option<Rows<'_>>,
         p: &HeadParams,
@@ -176,7 +177,7 @@ impl Isa {
         out: &mut [f32],
         out_stride: usize,
     ) {
-        (self.attend)(q, kt, kt_stride, v, bias, p, scores, out, out_stride)
+        (self.attend)(q, keys, stride, v, bias, p, scores, out, out_stride)
     }
 
     /// [`crate::norm::layer_norm_row`] on this instruction set.
