@@ -7,6 +7,10 @@
 //!     cache of S - L keys, S in {4096, 16384}: `attention_head` (which reads the
 //!     keys in place for at most `DECODE_MAX_QUERIES` queries) against the tiled
 //!     kernel and the unfused path;
+//! (d) `attention_knn_decode`: 16 k-NN decode steps after S = 4096 / 16384 keys
+//!     (peaked, `preset=recommended`), each reusing the previous step's index
+//!     (insert one key, one query), against exact attention over the same steps,
+//!     and one step that builds its index again;
 //! (b) IceFormer k-NN attention (index build included, as IceFormer counts it)
 //!     against `attention_head`, L = S in {1K, 2K, 4K, 8K, 16K}, on random and on
 //!     peaked Q/K/V (benches/attention_data.rs). For each L the quality figures of
@@ -23,7 +27,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use floe_kernels::attention::exact::{attention_head, attention_head_tiled, HeadParams};
-use floe_kernels::attention::knn::{knn_attention_group, KnnParams, KnnStats};
+use floe_kernels::attention::knn::{knn_attention_group, knn_attention_group_cached, KnnParams, KnnStats};
 use floe_kernels::attention::{Rows, Visibility};
 use floe_kernels::gemm::{self, MatRef};
 use std::hint::black_box;
@@ -161,5 +165,63 @@ fn decode(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, exact_vs_unfused, knn_vs_exact, decode);
+fn knn_decode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("attention_knn_decode");
+    g.sample_size(10);
+    g.warm_up_time(Duration::from_millis(300));
+    g.measurement_time(Duration::from_secs(2));
+    let p = KnnParams::recommended();
+    const STEPS: usize = 16;
+    fn rows(x: &[f32], n: usize) -> Rows<'_> {
+        Rows::new(&x[..n * D], n, D)
+    }
+    for s in [4096usize, 16384] {
+        let (q, k, v) = peaked(s + STEPS, D, 5);
+        let mut out = vec![0.0; D];
+        // Step `t`: query `t` over keys `0..=t`, causal after `t` cached keys.
+        let step = |t: usize, cache: &mut Option<_>, out: &mut [f32]| {
+            let (qr, vis) = (Rows::new(&q[t * D..(t + 1) * D], 1, D), Visibility::causal(t + 1, t));
+            knn_attention_group_cached(
+                &[qr],
+                rows(&k, t + 1),
+                rows(&v, t + 1),
+                0.125,
+                vis,
+                &p,
+                &mut [out],
+                D,
+                None,
+                cache,
+            )
+        };
+        // The index the cache holds after step s - 1 (keys 0..s).
+        let mut prev = None;
+        step(s - 1, &mut prev, &mut out);
+        let id = |name: &str| BenchmarkId::new(name, format!("{STEPS}_steps_after_{s}"));
+        g.bench_function(id("knn_reusing_the_index"), |b| {
+            b.iter_batched_ref(
+                || prev.clone(),
+                |cache| one_thread(|| (s..s + STEPS).for_each(|t| _ = step(t, cache, black_box(&mut out)))),
+                criterion::BatchSize::LargeInput,
+            )
+        });
+        g.bench_function(id("exact"), |b| {
+            b.iter(|| {
+                one_thread(|| {
+                    for t in s..s + STEPS {
+                        let hp = HeadParams { scale: 0.125, softcap: 0.0, visibility: Visibility::causal(t + 1, t) };
+                        let qr = Rows::new(&q[t * D..(t + 1) * D], 1, D);
+                        attention_head(qr, rows(&k, t + 1), rows(&v, t + 1), None, &hp, black_box(&mut out), D);
+                    }
+                })
+            })
+        });
+        g.bench_function(BenchmarkId::new("knn_rebuilding_the_index", format!("1_step_after_{s}")), |b| {
+            b.iter(|| one_thread(|| step(s, &mut None, black_box(&mut out))))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, exact_vs_unfused, knn_vs_exact, decode, knn_decode);
 criterion_main!(benches);
