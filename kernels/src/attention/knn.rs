@@ -26,6 +26,7 @@
 
 mod index;
 mod params;
+mod quant;
 mod simd;
 
 pub use index::{KnnIndex, CLOSEST, QUERY_BLOCK};

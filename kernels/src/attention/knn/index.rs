@@ -53,7 +53,8 @@
 //!   functions of the key set and the bound.
 
 use super::params::KnnParams;
-use super::simd::{count_at_least, dot, max_index, min_max, scan_cell, scan_cell_rows, SplitMix64, BLOCK, ROWS};
+use super::quant::{self, CellQ, GROUP};
+use super::simd::{count_at_least, dot, dots, max_index, min_max, scan_cell, scan_cell_rows, SplitMix64, BLOCK, ROWS};
 use super::TopK;
 use crate::attention::Rows;
 use crate::gemm::{self, MatRef};
@@ -86,6 +87,9 @@ struct Cell {
     sorted: Vec<Vec<(f32, u32)>>,
     /// Level of the children (the parent's level minus one; the root's: the top).
     child_level: u8,
+    /// The int8 copy of a finest cell (see `quant.rs`), kept in step with `soa` once
+    /// made; `None` for upper cells, when int8 is off, or for non-finite keys.
+    q8: Option<CellQ>,
 }
 
 impl Cell {
@@ -98,7 +102,9 @@ impl Cell {
     fn push(&mut self, id: u32, key: &[f32], aug: f32, proj: &[f32]) {
         let rows = key.len() + 1;
         let local = self.ids.len();
-        if local == self.cap {
+        // A new capacity changes the int8 layout: re-quantize then.
+        let grown = local == self.cap;
+        if grown {
             // Doubling (in whole blocks) keeps bulk filling linear.
             let cap = (2 * self.cap).max(BLOCK);
             let mut soa = vec![0.0; rows * cap];
@@ -112,6 +118,11 @@ impl Cell {
             self.soa[r * self.cap + local] = *x;
         }
         self.ids.push(id);
+        if let Some(q) = &mut self.q8 {
+            if grown || !q.set(local, key, self.cap) {
+                self.quantize(key.len());
+            }
+        }
         for (list, &p) in self.sorted.iter_mut().zip(proj) {
             let at = list.partition_point(|e| e.0 < p || (e.0 == p && e.1 < local as u32));
             list.insert(at, (p, local as u32));
@@ -129,7 +140,15 @@ impl Cell {
             }
             self.soa = soa;
             self.cap = cap;
+            if self.q8.is_some() {
+                self.quantize(rows - 1);
+            }
         }
+    }
+
+    /// (Re)makes the int8 copy from `soa` (`None` if a coordinate is not finite).
+    fn quantize(&mut self, d: usize) {
+        self.q8 = CellQ::quantize(&self.soa, d, self.cap, self.len());
     }
 
     /// Builds the per-simple-index lists (one sort each) from the children's
@@ -154,6 +173,9 @@ impl Cell {
             self.soa[r * self.cap + last] = 0.0;
         }
         self.ids.swap_remove(local);
+        if let Some(q) = &mut self.q8 {
+            q.swap_remove(local, last, self.cap);
+        }
         for list in &mut self.sorted {
             list.retain(|e| e.1 != local as u32);
             for e in list.iter_mut() {
@@ -207,6 +229,24 @@ struct BatchScratch {
     cell_start: Vec<u32>,
     fill: Vec<u32>,
     pairs: Vec<u32>,
+    /// The block's rows in int8 (`quant::encode_query`: `groups * GROUP` bytes, and
+    /// each row's side of the int8 threshold), and one cell's pass masks.
+    q8: Vec<u8>,
+    /// Each row's side of the int8 bounds.
+    q8_terms: Vec<quant::QueryTerms>,
+    iscores: Vec<i32>,
+    masks: Vec<u16>,
+    /// Per row, a heap of lower bounds on scores (`prescan_cell`).
+    lb_ids: Vec<u32>,
+    lb_dots: Vec<f32>,
+    lb_len: Vec<u32>,
+    /// `(row, id, upper bound)` of the keys that may make a top k, then the ids that
+    /// pass their row's final bar grouped by row (`pass[found_start[r]..found_start[r
+    /// + 1]]`) and their exact dots.
+    found: Vec<(u32, u32, f32)>,
+    found_start: Vec<u32>,
+    pass: Vec<u32>,
+    exact: Vec<f32>,
 }
 
 /// Offers `(id, dot)` to the min-heap `ids/dots[..len]` of capacity `ids.len()`
@@ -332,6 +372,8 @@ pub struct KnnIndex {
     num_levels: usize,
     /// Promotion ratio of incremental insertion.
     ratio: usize,
+    /// Finest cells keep int8 copies and batched queries pre-scan them (`quant.rs`).
+    int8: bool,
 }
 
 fn ratio_for(total: usize, levels: usize) -> usize {
@@ -406,8 +448,10 @@ impl KnnIndex {
             upper_by_level: false,
             num_levels: params.levels.max(1),
             ratio,
+            int8: false,
         };
         idx.bulk_tree(&mut rng);
+        idx.set_int8(quant::available());
         idx
     }
 
@@ -645,6 +689,30 @@ impl KnnIndex {
         }
     }
 
+    /// Turns the int8 pre-scan of batched queries on or off (on by default where the
+    /// CPU has an int8 dot-product instruction). It filters keys that cannot enter a
+    /// top k and never changes which keys are retrieved (see `quant.rs`); forcing it
+    /// on elsewhere runs the scalar int8 kernel (slower than f32, for tests).
+    pub fn set_int8(&mut self, on: bool) {
+        self.int8 = on;
+        let d = self.d;
+        for c in &mut self.cells {
+            c.q8 = None;
+            if on && c.child_level == 0 {
+                // An empty cell gets its copy with its first child (`Cell::push`).
+                c.q8 = Some(CellQ::default());
+                if !c.ids.is_empty() {
+                    c.quantize(d);
+                }
+            }
+        }
+    }
+
+    /// Whether batched queries pre-scan finest cells in int8 ([`Self::set_int8`]).
+    pub fn int8(&self) -> bool {
+        self.int8
+    }
+
     /// Keys in the index.
     pub fn len(&self) -> usize {
         self.norm_sq.len()
@@ -760,7 +828,9 @@ impl KnnIndex {
         if self.cell_of[id as usize] == NONE {
             self.cell_of[id as usize] = self.cells.len() as u32;
             let child_level = self.level[id as usize].saturating_sub(1);
-            self.cells.push(Cell { child_level, ..Default::default() });
+            // An empty finest cell gets its int8 copy with its first child (`push`).
+            let q8 = (self.int8 && child_level == 0).then(CellQ::default);
+            self.cells.push(Cell { child_level, q8, ..Default::default() });
         }
         self.cell_of[id as usize] as usize
     }
@@ -1183,10 +1253,23 @@ impl KnnIndex {
                 }
             }
         }
+        // Finest cells with int8 copies are pre-scanned (`prescan_cell`).
+        let int8 = self.int8 && self.encode_block(q, bs);
+        if int8 {
+            bs.found.clear();
+            bs.lb_ids.clone_from(&bs.saved_ids);
+            bs.lb_dots.clone_from(&bs.saved_dots);
+            bs.lb_len.clone_from(&bs.saved_len);
+        }
+        let pairs = std::mem::take(&mut bs.pairs);
         for cell in 0..ncells {
             let c = &self.cells[cell];
-            let rows = &bs.pairs[bs.cell_start[cell] as usize..bs.cell_start[cell + 1] as usize];
+            let rows = &pairs[bs.cell_start[cell] as usize..bs.cell_start[cell + 1] as usize];
             if rows.is_empty() {
+                continue;
+            }
+            if let (true, Some(cq)) = (int8, &c.q8) {
+                self.prescan_cell(c, cq, rows, vis, k, bs);
                 continue;
             }
             s.scores.resize(ROWS * c.cap, 0.0);
@@ -1212,6 +1295,10 @@ impl KnnIndex {
                 }
             }
         }
+        bs.pairs = pairs;
+        if int8 {
+            self.offer_found(q, k, bs);
+        }
         for r in 0..b {
             let len = bs.saved_len[r] as usize;
             top.load(
@@ -1225,6 +1312,113 @@ impl KnnIndex {
         }
         s.cand = cand;
         s.expand = expand;
+    }
+
+    /// Encodes the block's rows for the int8 pre-scan; false (f32 path) when a row is
+    /// not finite.
+    fn encode_block(&self, q: Rows<'_>, bs: &mut BatchScratch) -> bool {
+        let width = quant::groups(self.d) * GROUP;
+        bs.q8.resize(q.rows * width, 0);
+        bs.q8_terms.clear();
+        for r in 0..q.rows {
+            match quant::encode_query(q.row(r), &mut bs.q8[r * width..(r + 1) * width]) {
+                Some(t) => bs.q8_terms.push(t),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// The finest-level step of [`Self::query_block`] for one cell with an int8
+    /// copy (`quant.rs`). `rows` (block rows) are pre-scanned [`ROWS`] at a time,
+    /// which bounds each key's exact score: `lb <= q . k <= ub`. Each row keeps a
+    /// second heap of lower bounds (seeded with its exact upper-level scores), whose
+    /// bar is a lower bound on the row's final k-th best score; a key with `ub` above
+    /// it is kept in `bs.found`, the others cannot make the top k.
+    /// [`Self::offer_found`] then computes exact dots for the kept keys that still
+    /// pass the final bar: every heap ends as if all keys were offered exactly.
+    #[allow(clippy::too_many_arguments)]
+    fn prescan_cell(&self, c: &Cell, cq: &CellQ, rows: &[u32], vis: usize, k: usize, bs: &mut BatchScratch) {
+        let (cap, len) = (c.cap, c.len());
+        let width = quant::groups(self.d) * GROUP;
+        let nv = cap / BLOCK;
+        bs.iscores.resize(ROWS * cap, 0);
+        bs.masks.resize(ROWS * nv, 0);
+        for group in rows.chunks(ROWS) {
+            // A short last group repeats a row (its results are not read).
+            let at = |j: usize| group[j.min(group.len() - 1)] as usize;
+            let bounds: [(f64, f64); ROWS] = std::array::from_fn(|j| quant::bounds(&bs.q8_terms[at(j)], cq));
+            let thr: [i32; ROWS] = std::array::from_fn(|j| quant::threshold(bs.bars[at(j)], bounds[j]));
+            let enc: [&[u8]; ROWS] = std::array::from_fn(|j| &bs.q8[at(j) * width..(at(j) + 1) * width]);
+            let hits = quant::scan_rows(enc, cq, cap, len, &thr, &mut bs.iscores, &mut bs.masks);
+            for (j, &r) in group.iter().enumerate() {
+                if !hits[j] {
+                    continue;
+                }
+                let r = r as usize;
+                let (unit, margin) = (1.0 / bounds[j].0, bounds[j].1);
+                let (ids, hd) = (&mut bs.lb_ids[r * k..(r + 1) * k], &mut bs.lb_dots[r * k..(r + 1) * k]);
+                for (v, &m) in bs.masks[j * nv..(j + 1) * nv].iter().enumerate() {
+                    let mut m = m;
+                    while m != 0 {
+                        let i = v * BLOCK + m.trailing_zeros() as usize;
+                        m &= m - 1;
+                        let id = c.ids[i];
+                        if (id as usize) >= vis {
+                            continue;
+                        }
+                        let x = bs.iscores[j * cap + i] as f64;
+                        let (lb, ub) = (((x - margin) * unit) as f32, ((x + margin) * unit) as f32);
+                        // One ulp outward covers the rounding to f32.
+                        let (lb, ub) = (lb.next_down(), ub.next_up());
+                        if lb > bs.bars[r] {
+                            heap_offer(ids, hd, &mut bs.lb_len[r], id, lb);
+                            bs.bars[r] = heap_bar(hd, bs.lb_len[r]);
+                        }
+                        bs.found.push((r as u32, id, ub));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Offers the keys of `bs.found` (see [`Self::prescan_cell`]) whose upper bound
+    /// passes their row's final bar to the row's heap with exact dots: grouped by
+    /// row (stable: in cell order), one [`dots`] call per row.
+    fn offer_found(&self, q: Rows<'_>, k: usize, bs: &mut BatchScratch) {
+        let b = q.rows;
+        bs.found_start.clear();
+        bs.found_start.resize(b + 1, 0);
+        for &(r, _, ub) in &bs.found {
+            if ub > bs.bars[r as usize] {
+                bs.found_start[r as usize + 1] += 1;
+            }
+        }
+        for r in 0..b {
+            bs.found_start[r + 1] += bs.found_start[r];
+        }
+        bs.fill.clear();
+        bs.fill.extend_from_slice(&bs.found_start[..b]);
+        let n = bs.found_start[b] as usize;
+        bs.pass.resize(n, 0);
+        for &(r, id, ub) in &bs.found {
+            if ub > bs.bars[r as usize] {
+                bs.pass[bs.fill[r as usize] as usize] = id;
+                bs.fill[r as usize] += 1;
+            }
+        }
+        bs.exact.resize(n, 0.0);
+        for r in 0..b {
+            let (a, e) = (bs.found_start[r] as usize, bs.found_start[r + 1] as usize);
+            if a == e {
+                continue;
+            }
+            dots(q.row(r), &self.keys, &bs.pass[a..e], &mut bs.exact[a..e]);
+            let (ids, hd) = (&mut bs.saved_ids[r * k..(r + 1) * k], &mut bs.saved_dots[r * k..(r + 1) * k]);
+            for (&id, &x) in bs.pass[a..e].iter().zip(&bs.exact[a..e]) {
+                heap_offer(ids, hd, &mut bs.saved_len[r], id, x);
+            }
+        }
     }
 
     /// Offers the upper-level keys collected in `s.upper` to `top`: into an empty
@@ -1435,8 +1629,9 @@ impl KnnIndex {
         if ns > self.max_norm_sq {
             let mut keys = std::mem::take(&mut self.keys);
             keys.extend_from_slice(key);
-            let (ratio, params) = (self.ratio, self.params.clone());
+            let (ratio, params, int8) = (self.ratio, self.params.clone(), self.int8);
             *self = Self::build_owned(keys, self.d, &params, Some(ns * REBUILD_HEADROOM), ratio);
+            self.set_int8(int8);
             return;
         }
         let id = self.len() as u32;
@@ -1668,6 +1863,72 @@ mod tests {
             // Only near-ties may differ (other summation order of the dots).
             assert!(differ <= l / 50, "fov {fov}: {differ} rows differ from `query`");
         }
+    }
+
+    #[test]
+    fn the_int8_prescan_retrieves_what_the_f32_scan_does() {
+        // Keys of very different norms in shared cells, queries of several scales,
+        // causal visibility, and an index grown by insertion (cells re-quantized as
+        // keys arrive, one key past the norm bound forcing a rebuild). The int8
+        // pre-scan (forced on: the scalar kernel where the CPU has no VNNI) must
+        // retrieve the same keys as the f32 scan; only the dots' rounding differs.
+        let (n0, n, d, l, k) = (1800, 2400, 24, 600, 8);
+        let mut keys = random_keys(n, d, 31);
+        for (i, row) in keys.chunks_mut(d).enumerate() {
+            let s = [0.05, 1.0, 6.0][i % 3] * if i == 2100 { 40.0 } else { 1.0 };
+            row.iter_mut().for_each(|x| *x *= s);
+        }
+        let mut queries = random_keys(l, d, 32);
+        for (i, row) in queries.chunks_mut(d).enumerate() {
+            let s = [1e-3, 1.0, 30.0][i % 3];
+            row.iter_mut().for_each(|x| *x *= s);
+        }
+        let mut compared = 0;
+        for levels in [2, 3] {
+            let p = KnnParams {
+                k,
+                levels,
+                construction_scan: true,
+                construction_field_of_view: usize::MAX,
+                query_field_of_view: Some(12),
+                ..Default::default()
+            };
+            let mut grown = KnnIndex::build(Rows::new(&keys[..n0 * d], n0, d), &p, None);
+            grown.set_int8(true);
+            grown.expect_total(n);
+            for row in keys[n0 * d..].chunks(d) {
+                grown.insert(row);
+            }
+            assert!(grown.int8(), "a rebuild keeps the int8 setting");
+            let whole = KnnIndex::build(Rows::new(&keys, n, d), &p, None);
+            for idx in [grown, whole] {
+                for vis in [n, 2000] {
+                    let mut results = Vec::new();
+                    for int8 in [true, false] {
+                        let mut i = idx.clone();
+                        i.set_int8(int8);
+                        let mut got = vec![(Vec::new(), Vec::new(), 0); l];
+                        let mut top = TopK::new(k);
+                        i.query_batch(Rows::new(&queries, l, d), vis, k, &mut top, |r, t| {
+                            got[r] = (t.ids().to_vec(), t.dots().to_vec(), t.scored())
+                        });
+                        results.push(got);
+                    }
+                    for (r, (a, b)) in results[0].iter().zip(&results[1]).enumerate() {
+                        assert_eq!(a.2, b.2, "row {r}: scored counts");
+                        assert_eq!(a.1.len(), b.1.len(), "row {r}: retrieved counts");
+                        for (x, y) in a.1.iter().zip(&b.1) {
+                            assert!(
+                                (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                                "levels {levels} vis {vis} row {r}: {a:?} vs {b:?}"
+                            );
+                        }
+                        compared += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(compared, 2 * 2 * 2 * l);
     }
 
     #[test]

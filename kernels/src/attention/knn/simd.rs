@@ -21,6 +21,7 @@ pub const BLOCK: usize = 16;
 /// `out[j] = sum_{c < rows} q[c] * soa[c * cap + j]` for `j < cap`.
 type ScanFn = fn(q: &[f32], soa: &[f32], rows: usize, cap: usize, out: &mut [f32]);
 type DotFn = fn(a: &[f32], b: &[f32]) -> f32;
+type DotsFn = fn(q: &[f32], keys: &[f32], ids: &[u32], out: &mut [f32]);
 type MaxIndexFn = fn(x: &[f32]) -> (f32, usize);
 type MinMaxFn = fn(x: &[f32]) -> (f32, f32);
 type CountFn = fn(x: &[f32], t: f32) -> usize;
@@ -185,6 +186,16 @@ fn dot_generic<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
     t
 }
 
+/// `out[i] = q . keys[ids[i]]` (rows of `q.len()` in `keys`): [`dot`] in one call.
+#[inline(always)]
+fn dots_generic<S: Simd>(s: S, q: &[f32], keys: &[f32], ids: &[u32], out: &mut [f32]) {
+    let d = q.len();
+    for (o, &id) in out.iter_mut().zip(ids) {
+        let at = id as usize * d;
+        *o = dot_generic(s, q, &keys[at..at + d]);
+    }
+}
+
 /// Safe entry points for one instruction set; `$features` are enabled on an inner
 /// function that the table below hands out only after detecting them.
 macro_rules! entries {
@@ -267,6 +278,16 @@ macro_rules! entries {
                 // SAFETY: as for `scan`.
                 unsafe { inner(a, b) }
             }
+            pub fn dots(q: &[f32], keys: &[f32], ids: &[u32], out: &mut [f32]) {
+                $(#[target_feature(enable = $features)])?
+                unsafe fn inner(q: &[f32], keys: &[f32], ids: &[u32], out: &mut [f32]) {
+                    // SAFETY: as for `scan`.
+                    let s = unsafe { <$tok>::new_unchecked() };
+                    dots_generic(s, q, keys, ids, out)
+                }
+                // SAFETY: as for `scan`.
+                unsafe { inner(q, keys, ids, out) }
+            }
         }
     };
 }
@@ -301,6 +322,7 @@ struct Kernels {
     min_max: MinMaxFn,
     count_at_least: CountFn,
     dot: DotFn,
+    dots: DotsFn,
 }
 
 fn kernels() -> Kernels {
@@ -316,6 +338,7 @@ fn kernels() -> Kernels {
                     min_max: avx512::min_max,
                     count_at_least: avx512::count_at_least,
                     dot: avx512::dot,
+                    dots: avx512::dots,
                 };
             }
             if crate::vecmath::x86::Avx2Fma::new().is_some() {
@@ -326,6 +349,7 @@ fn kernels() -> Kernels {
                     min_max: avx2::min_max,
                     count_at_least: avx2::count_at_least,
                     dot: avx2::dot,
+                    dots: avx2::dots,
                 };
             }
         }
@@ -339,6 +363,7 @@ fn kernels() -> Kernels {
                     min_max: neon::min_max,
                     count_at_least: neon::count_at_least,
                     dot: neon::dot,
+                    dots: neon::dots,
                 };
             }
         }
@@ -349,6 +374,7 @@ fn kernels() -> Kernels {
             min_max: scalar::min_max,
             count_at_least: scalar::count_at_least,
             dot: scalar::dot,
+            dots: scalar::dots,
         }
     })
 }
@@ -398,6 +424,13 @@ pub fn count_at_least(x: &[f32], t: f32) -> usize {
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     (kernels().dot)(a, b)
+}
+
+/// `out[i] = q . keys[ids[i] * d..][..d]` with `d = q.len()`, for `i < min(ids, out)`,
+/// each as [`dot`] computes it. Panics if an id's row is past `keys`.
+#[inline]
+pub fn dots(q: &[f32], keys: &[f32], ids: &[u32], out: &mut [f32]) {
+    (kernels().dots)(q, keys, ids, out)
 }
 
 /// SplitMix64 (Steele, Lea and Flood 2014): tiny, seedable, good enough for random
@@ -478,6 +511,27 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn dots_gathers_rows_like_dot_up_to_the_last_row() {
+        for d in [1, 7, 16, 33, 64] {
+            let keys: Vec<f32> = (0..5 * d).map(|i| ((i * 29 % 97) as f32 - 48.0) / 17.0).collect();
+            let q: Vec<f32> = (0..d).map(|i| (i as f32 - 2.0) / 5.0).collect();
+            let ids = [4u32, 0, 2, 4];
+            let mut got = [0.0; 4];
+            dots(&q, &keys, &ids, &mut got);
+            for (g, &id) in got.iter().zip(&ids) {
+                assert_eq!(*g, dot(&q, &keys[id as usize * d..(id as usize + 1) * d]), "d {d} id {id}");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic]
+    fn dots_panics_on_an_id_past_the_rows() {
+        let keys = vec![0.0; 4 * 8 - 1];
+        dots(&[1.0; 8], &keys, &[3], &mut [0.0]);
     }
 
     #[test]

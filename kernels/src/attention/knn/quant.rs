@@ -1,0 +1,511 @@
+//! The int8 pre-scan of the finest cells: a cheap filter in front of the exact
+//! scores, never a change of result.
+//!
+//! Each finest cell keeps an int8 copy of its children, `K = round(k / s_k)` with one
+//! scale per cell, and a block of queries is encoded the same way, `Q = round(q / s_q)`
+//! with one scale per row. A dot-product instruction (AVX-512 VNNI `vpdpbusd`: 64
+//! byte products per instruction, four times the f32 FMA rate) gives `sum_c Q_c K_c`
+//! for [`ROWS`] queries against a cell. Write `q_c = s_q (Q_c + e_c)` and
+//! `k_c = s_k (K_c + f_c)` (`e`, `f` the rounding errors, `|e_c|, |f_c| <= 1/2`):
+//!
+//! `q . k / (s_q s_k) - sum Q K = sum e_c K_c + sum (q_c / s_q) f_c`, so by
+//! Cauchy-Schwarz `|q . k - s_q s_k sum Q K| <= s_q s_k (|e| |K| + |q / s_q| |f|)`
+//!
+//! with Euclidean norms known exactly: `|e|` and `|q / s_q|` per query row, `|K|`
+//! and `|f|` per child (a cell keeps their maxima), plus the f32 rounding of the
+//! exact dot itself. So a key whose int8 score plus
+//! that margin does not reach a row's heap bar cannot enter its top k, and only
+//! the keys that pass get an exact f32 dot ([`super::simd::dot`]) and are offered.
+//! The retrieved keys and their scores are then those of an f32 scan whose dots
+//! are computed by `dot` (see `KnnIndex::query_batch`).
+//!
+//! Layout: a cell of capacity `cap` (a multiple of [`BLOCK`]) holds `groups = ceil(d / 4)`
+//! blocks of `cap x 4` bytes (group `g` of child `i` at `(g * cap + i) * 4`), so one
+//! 64-byte load is four coordinates of sixteen children. x86's instruction takes
+//! unsigned query bytes, so queries are stored as `Q + 128` and the kernel subtracts
+//! `128 * sum_c K_c` (kept per child).
+//!
+//! Kernels: AVX-512 VNNI, and a scalar one with the same results (the reference of
+//! the tests, used only when forced: without a dot-product instruction the f32 scan is
+//! faster). ARM's `sdot` (ARMv8.2 dotprod) is the next back-end to add.
+
+use super::simd::{BLOCK, ROWS};
+use std::sync::OnceLock;
+
+/// Coordinates per 32-bit lane of the dot-product instruction.
+pub const GROUP: usize = 4;
+
+/// Below this magnitude a cell or query is quantized with scale 1 (all zeros: the
+/// rounding error is then the value itself, far below 1/2).
+const TINY: f32 = 1e-30;
+
+/// Added to each query byte (x86's `vpdpbusd` multiplies unsigned by signed bytes).
+pub const OFFSET: i32 = 128;
+
+/// The int8 copy of one cell's children (see the module doc for the layout).
+#[derive(Clone, Debug, Default)]
+pub struct CellQ {
+    /// `groups x cap x GROUP` bytes; padding coordinates and columns are 0.
+    pub data: Vec<i8>,
+    /// `sum_c K_c` per column (0 for padding).
+    pub sums: Vec<i32>,
+    /// `k ~ scale * K`.
+    pub scale: f32,
+    /// `1 / scale` in f64 (the threshold's factor).
+    pub inv_scale: f64,
+    /// Upper bounds on the children's `|K|` and `|f|` (Euclidean norms of the int8
+    /// row and of its rounding error, in units of `scale`).
+    pub max_kn: f64,
+    pub max_fn: f64,
+}
+
+/// Groups of [`GROUP`] coordinates covering `d`.
+pub fn groups(d: usize) -> usize {
+    d.div_ceil(GROUP)
+}
+
+fn round_i8(x: f32, inv: f32) -> i8 {
+    // Half away from zero by a truncating conversion (`f32::round` is a libm call
+    // on baseline x86); |x * inv| <= 127 by the choice of scale, up to rounding.
+    let y = x * inv;
+    ((y + 0.5f32.copysign(y)) as i32).clamp(-127, 127) as i8
+}
+
+impl CellQ {
+    /// Quantizes the first `len` children of a transposed cell (`soa` holds at least
+    /// `d` rows of `cap`). `None` when a coordinate is not finite (the cell is then
+    /// scored in f32).
+    pub fn quantize(soa: &[f32], d: usize, cap: usize, len: usize) -> Option<CellQ> {
+        assert!(cap.is_multiple_of(BLOCK) && len <= cap && soa.len() >= d * cap);
+        let mut max = 0.0f32;
+        for c in 0..d {
+            for &x in &soa[c * cap..c * cap + len] {
+                if !x.is_finite() {
+                    return None;
+                }
+                max = max.max(x.abs());
+            }
+        }
+        let scale = if max > TINY { max / 127.0 } else { 1.0 };
+        let mut q = CellQ {
+            data: vec![0; groups(d) * cap * GROUP],
+            sums: vec![0; cap],
+            scale,
+            inv_scale: 1.0 / scale as f64,
+            max_kn: 0.0,
+            max_fn: 0.0,
+        };
+        let inv = 1.0 / scale;
+        // Row by row (sequential reads of `soa`), then the per-child sums and norms.
+        let mut sq = vec![(0.0f64, 0.0f64); len];
+        for c in 0..d {
+            let base = (c / GROUP) * cap * GROUP + c % GROUP;
+            for (i, &x) in soa[c * cap..c * cap + len].iter().enumerate() {
+                let v = round_i8(x, inv);
+                q.data[base + i * GROUP] = v;
+                q.sums[i] += v as i32;
+                let f = x as f64 * q.inv_scale - v as f64;
+                sq[i].0 += (v as f64) * (v as f64);
+                sq[i].1 += f * f;
+            }
+        }
+        for &(kn, f) in &sq {
+            q.max_kn = q.max_kn.max(kn.sqrt());
+            q.max_fn = q.max_fn.max(f.sqrt());
+        }
+        Some(q)
+    }
+
+    /// Writes child `local` from its f32 coordinates.
+    fn write(&mut self, local: usize, key: &[f32], cap: usize, inv: f32) {
+        let (mut sum, mut kn, mut fn_) = (0i32, 0.0f64, 0.0f64);
+        for (c, &x) in key.iter().enumerate() {
+            let v = round_i8(x, inv);
+            self.data[((c / GROUP) * cap + local) * GROUP + c % GROUP] = v;
+            sum += v as i32;
+            let f = x as f64 * self.inv_scale - v as f64;
+            kn += (v as f64) * (v as f64);
+            fn_ += f * f;
+        }
+        self.sums[local] = sum;
+        self.max_kn = self.max_kn.max(kn.sqrt());
+        self.max_fn = self.max_fn.max(fn_.sqrt());
+    }
+
+    /// Sets child `local` (capacity unchanged); false when the key does not fit the
+    /// cell's scale or is not finite (the caller re-quantizes the cell).
+    pub fn set(&mut self, local: usize, key: &[f32], cap: usize) -> bool {
+        let limit = 127.0 * self.scale;
+        if !key.iter().all(|x| x.abs() <= limit) {
+            return false;
+        }
+        self.write(local, key, cap, 1.0 / self.scale);
+        true
+    }
+
+    /// Moves child `last` into `local` and clears `last` (the f32 cell's swap-remove).
+    /// The norm maxima stay valid bounds.
+    pub fn swap_remove(&mut self, local: usize, last: usize, cap: usize) {
+        for g in 0..self.data.len() / (cap * GROUP) {
+            for t in 0..GROUP {
+                self.data[(g * cap + local) * GROUP + t] = self.data[(g * cap + last) * GROUP + t];
+                self.data[(g * cap + last) * GROUP + t] = 0;
+            }
+        }
+        self.sums[local] = self.sums[last];
+        self.sums[last] = 0;
+    }
+}
+
+/// A query row's side of the bounds: `1 / s_q`, `|e|`, `|q / s_q|` (module doc) and
+/// the f32 error factor of an exact dot.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct QueryTerms {
+    inv: f64,
+    e: f64,
+    qn: f64,
+    gamma: f64,
+}
+
+/// Encodes one query row: `out[c] = Q_c + OFFSET` (as a byte; padding coordinates
+/// encode 0), returns its [`QueryTerms`], or `None` when a coordinate is not finite.
+pub fn encode_query(q: &[f32], out: &mut [u8]) -> Option<QueryTerms> {
+    assert!(out.len() >= groups(q.len()) * GROUP);
+    let mut max = 0.0f32;
+    for &x in q {
+        if !x.is_finite() {
+            return None;
+        }
+        max = max.max(x.abs());
+    }
+    let scale = if max > TINY { max / 127.0 } else { 1.0 };
+    let inv = 1.0 / scale;
+    let inv64 = 1.0 / scale as f64;
+    let (mut e, mut qn) = (0.0f64, 0.0f64);
+    for (c, o) in out.iter_mut().enumerate() {
+        let x = q.get(c).copied().unwrap_or(0.0);
+        let v = round_i8(x, inv);
+        let r = x as f64 * inv64;
+        e += (r - v as f64) * (r - v as f64);
+        qn += r * r;
+        *o = (v as i32 + OFFSET) as u8;
+    }
+    // The f32 dot of `d` products errs by at most `d u / (1 - d u)` (u = 2^-24) times
+    // `sum |q_c k_c| <= |q| |k|`; `2 d u = d * EPSILON` covers it below d = 2^22.
+    let gamma = q.len() as f64 * f32::EPSILON as f64;
+    Some(QueryTerms { inv: inv64, e: e.sqrt(), qn: qn.sqrt(), gamma })
+}
+
+/// `(1 / (s_q s_k), margin)`: a key of the cell with int8 score `x` (`sum Q K`) has
+/// `(x - margin) s_q s_k <= fl(q . k) <= (x + margin) s_q s_k`, where `fl(q . k)` is
+/// any f32 evaluation of the dot (module doc; `|k / s_k| <= |K| + |f|`).
+#[inline]
+pub fn bounds(t: &QueryTerms, cell: &CellQ) -> (f64, f64) {
+    let round = t.e * cell.max_kn + t.qn * cell.max_fn;
+    let f32_err = t.gamma * t.qn * (cell.max_kn + cell.max_fn);
+    // Relative and absolute slack for the f64 evaluation of all this.
+    let margin = (round + f32_err) * (1.0 + 1e-9) + 1e-3;
+    (t.inv * cell.inv_scale, margin)
+}
+
+/// The int8 score a key must exceed (`sum Q K > t`) for its exact dot to possibly
+/// beat `bar`, given the cell's [`bounds`]: `bar / (s_q s_k) - margin`, rounded down.
+/// `i32::MIN` for a bar of `-inf` (a filling heap takes anything).
+#[inline]
+pub fn threshold(bar: f32, (inv_unit, margin): (f64, f64)) -> i32 {
+    if bar.is_nan() || bar == f32::NEG_INFINITY {
+        return i32::MIN;
+    }
+    // `as` truncates toward zero and saturates: 2 below covers the rounding down
+    // and one unit of slack.
+    (bar as f64 * inv_unit - margin - 2.0) as i32
+}
+
+/// `out[j * cap + i] = sum_c Q_jc K_ic` (the query bytes minus [`OFFSET`]) for the
+/// first `len` columns (later columns are unspecified); bit `b` of
+/// `masks[j * cap / 16 + v]` = whether `out[j * cap + 16 v + b] > thr[j]` (0 past
+/// `len`). Returns, per row, whether it has a set bit.
+type ScanFn = fn(
+    q: [&[u8]; ROWS],
+    cell: &CellQ,
+    cap: usize,
+    len: usize,
+    thr: &[i32; ROWS],
+    out: &mut [i32],
+    masks: &mut [u16],
+) -> [bool; ROWS];
+
+fn check(q: &[&[u8]; ROWS], cell: &CellQ, cap: usize, len: usize, out: &[i32], masks: &[u16]) -> usize {
+    assert!(cap.is_multiple_of(BLOCK) && len <= cap && out.len() >= ROWS * cap && cell.sums.len() >= cap);
+    assert!(masks.len() >= ROWS * (cap / BLOCK), "masks hold fewer than ROWS x cap / 16");
+    let groups = cell.data.len() / (cap * GROUP);
+    assert_eq!(cell.data.len(), groups * cap * GROUP, "cell data is not groups x cap x 4");
+    assert!(q.iter().all(|r| r.len() >= groups * GROUP), "query rows are shorter than the cell's groups");
+    groups
+}
+
+/// The reference kernel (plain integer loops).
+pub fn scan_scalar(
+    q: [&[u8]; ROWS],
+    cell: &CellQ,
+    cap: usize,
+    len: usize,
+    thr: &[i32; ROWS],
+    out: &mut [i32],
+    masks: &mut [u16],
+) -> [bool; ROWS] {
+    let groups = check(&q, cell, cap, len, out, masks);
+    let nv = cap / BLOCK;
+    masks[..ROWS * nv].fill(0);
+    let mut hits = [false; ROWS];
+    for j in 0..ROWS {
+        for i in 0..len {
+            let mut acc = 0i32;
+            for g in 0..groups {
+                for t in 0..GROUP {
+                    let k = cell.data[(g * cap + i) * GROUP + t] as i32;
+                    acc += (q[j][g * GROUP + t] as i32 - OFFSET) * k;
+                }
+            }
+            out[j * cap + i] = acc;
+            hits[j] |= acc > thr[j];
+            masks[j * nv + i / BLOCK] |= ((acc > thr[j]) as u16) << (i % BLOCK);
+        }
+    }
+    hits
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    pub fn scan(
+        q: [&[u8]; ROWS],
+        cell: &CellQ,
+        cap: usize,
+        len: usize,
+        thr: &[i32; ROWS],
+        out: &mut [i32],
+        masks: &mut [u16],
+    ) -> [bool; ROWS] {
+        let groups = check(&q, cell, cap, len, out, masks);
+        masks[..ROWS * (cap / BLOCK)].fill(0);
+        // SAFETY: `kernel()` hands this entry out only after detecting avx512f,
+        // avx512bw and avx512vnni; `check` proved the bounds `inner` relies on.
+        unsafe { inner(q, cell, cap, len, groups, thr, out, masks) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn inner(
+        q: [&[u8]; ROWS],
+        cell: &CellQ,
+        cap: usize,
+        len: usize,
+        groups: usize,
+        thr: &[i32; ROWS],
+        out: &mut [i32],
+        masks: &mut [u16],
+    ) -> [bool; ROWS] {
+        let mut any = [0u16; ROWS];
+        let t: [__m512i; ROWS] = std::array::from_fn(|j| _mm512_set1_epi32(thr[j]));
+        let mut o = 0;
+        while o < len {
+            // Lanes past `len` (padding children) never count as hits.
+            let live: __mmask16 = if len - o >= BLOCK { 0xFFFF } else { (1u16 << (len - o)) - 1 };
+            let mut acc = [_mm512_setzero_si512(); ROWS];
+            for g in 0..groups {
+                // SAFETY: `(g * cap + o) * 4 + 64 <= groups * cap * 4 = data.len()`
+                // because `o + 16 <= cap` (`cap` is a multiple of 16 and `o < len <= cap`).
+                let x = unsafe { _mm512_loadu_si512(cell.data.as_ptr().add((g * cap + o) * GROUP).cast()) };
+                for j in 0..ROWS {
+                    // SAFETY: `g * 4 + 4 <= groups * 4 <= q[j].len()` (checked).
+                    let b = unsafe { (q[j].as_ptr().add(g * GROUP) as *const i32).read_unaligned() };
+                    acc[j] = _mm512_dpbusd_epi32(acc[j], _mm512_set1_epi32(b), x);
+                }
+            }
+            // SAFETY: `o + 16 <= cap <= sums.len()` (checked).
+            let sums = unsafe { _mm512_loadu_si512(cell.sums.as_ptr().add(o).cast()) };
+            let corr = _mm512_slli_epi32::<7>(sums);
+            for j in 0..ROWS {
+                let v = _mm512_sub_epi32(acc[j], corr);
+                // SAFETY: `j * cap + o + 16 <= ROWS * cap <= out.len()` (checked).
+                unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(j * cap + o).cast(), v) };
+                let m = _mm512_mask_cmpgt_epi32_mask(live, v, t[j]);
+                masks[j * (cap / BLOCK) + o / BLOCK] = m;
+                any[j] |= m;
+            }
+            o += BLOCK;
+        }
+        any.map(|m| m != 0)
+    }
+}
+
+fn kernel() -> Option<ScanFn> {
+    static K: OnceLock<Option<ScanFn>> = OnceLock::new();
+    *K.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+            {
+                return Some(vnni::scan as ScanFn);
+            }
+        }
+        None
+    })
+}
+
+/// Whether this CPU has an int8 dot-product kernel (else the index scores in f32).
+pub fn available() -> bool {
+    kernel().is_some()
+}
+
+/// Scores [`ROWS`] encoded queries against a cell (see [`ScanFn`]); the scalar
+/// kernel where the CPU has no dot-product instruction. Panics if a slice is short.
+#[inline]
+pub fn scan_rows(
+    q: [&[u8]; ROWS],
+    cell: &CellQ,
+    cap: usize,
+    len: usize,
+    thr: &[i32; ROWS],
+    out: &mut [i32],
+    masks: &mut [u16],
+) -> [bool; ROWS] {
+    kernel().unwrap_or(scan_scalar)(q, cell, cap, len, thr, out, masks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attention::knn::simd::SplitMix64;
+
+    fn cell(d: usize, cap: usize, len: usize, seed: u64) -> (Vec<f32>, CellQ) {
+        let mut r = SplitMix64::new(seed);
+        let mut soa = vec![0.0f32; (d + 1) * cap];
+        for c in 0..d {
+            for i in 0..len {
+                soa[c * cap + i] = (r.normal() * (1.0 + i as f64 * 0.3)) as f32;
+            }
+        }
+        let q = CellQ::quantize(&soa, d, cap, len).expect("finite");
+        (soa, q)
+    }
+
+    #[test]
+    fn the_kernel_matches_the_scalar_reference_at_the_slice_bounds() {
+        for d in [1, 3, 4, 7, 64, 65] {
+            for (cap, len) in [(BLOCK, 1), (BLOCK, BLOCK), (2 * BLOCK, BLOCK + 3), (3 * BLOCK, 3 * BLOCK)] {
+                let (_, c) = cell(d, cap, len, d as u64 * 31 + len as u64);
+                let mut r = SplitMix64::new(7);
+                // Exactly-sized query rows and output.
+                let rows: Vec<Vec<u8>> = (0..ROWS)
+                    .map(|_| {
+                        let x: Vec<f32> = (0..d).map(|_| r.normal() as f32).collect();
+                        let mut b = vec![0u8; groups(d) * GROUP];
+                        encode_query(&x, &mut b).unwrap();
+                        b
+                    })
+                    .collect();
+                let qs: [&[u8]; ROWS] = std::array::from_fn(|j| &rows[j][..]);
+                let thr: [i32; ROWS] = std::array::from_fn(|j| [i32::MIN, 0, 500, i32::MAX][j % 4]);
+                let (mut want, mut got) = (vec![0; ROWS * cap], vec![0; ROWS * cap]);
+                // Exactly-sized masks, dirty on entry.
+                let (mut mw, mut mg) = (vec![0xAAAA; ROWS * cap / BLOCK], vec![0x5555; ROWS * cap / BLOCK]);
+                let hw = scan_scalar(qs, &c, cap, len, &thr, &mut want, &mut mw);
+                let hg = scan_rows(qs, &c, cap, len, &thr, &mut got, &mut mg);
+                assert_eq!(mg, mw, "masks d {d} len {len}");
+                for j in 0..ROWS {
+                    for i in 0..cap {
+                        let bit = mw[j * cap / BLOCK + i / BLOCK] >> (i % BLOCK) & 1 == 1;
+                        assert_eq!(bit, i < len && want[j * cap + i] > thr[j], "mask bit {i} of row {j}");
+                    }
+                    assert_eq!(&got[j * cap..j * cap + len], &want[j * cap..j * cap + len], "d {d} len {len}");
+                    assert_eq!(hg[j], hw[j], "hits d {d} len {len} row {j}");
+                }
+                assert!(!hw[3] && hw[0], "thresholds i32::MAX / MIN");
+            }
+        }
+    }
+
+    #[test]
+    fn the_threshold_never_drops_a_key_whose_exact_dot_beats_the_bar() {
+        // Keys of very different norms in one cell, queries of several scales: every
+        // key whose exact f32 dot is above the bar must pass its int8 test.
+        let (d, cap, len) = (64, 4 * BLOCK, 4 * BLOCK - 5);
+        let (soa, c) = cell(d, cap, len, 11);
+        let mut r = SplitMix64::new(3);
+        let mut checked = 0;
+        for scale in [1e-3f32, 1.0, 40.0] {
+            let rows: Vec<Vec<f32>> = (0..ROWS).map(|_| (0..d).map(|_| r.normal() as f32 * scale).collect()).collect();
+            let enc: Vec<(Vec<u8>, QueryTerms)> = rows
+                .iter()
+                .map(|x| {
+                    let mut b = vec![0u8; groups(d) * GROUP];
+                    let t = encode_query(x, &mut b).unwrap();
+                    (b, t)
+                })
+                .collect();
+            let qs: [&[u8]; ROWS] = std::array::from_fn(|j| &enc[j].0[..]);
+            let mut out = vec![0; ROWS * cap];
+            let thr = [i32::MIN; ROWS];
+            let mut masks = vec![0; ROWS * cap / BLOCK];
+            assert_eq!(scan_rows(qs, &c, cap, len, &thr, &mut out, &mut masks), [true; ROWS]);
+            for (j, x) in rows.iter().enumerate() {
+                let dots: Vec<f32> = (0..len).map(|i| (0..d).map(|k| x[k] * soa[k * cap + i]).sum()).collect();
+                for &bar in &dots {
+                    let t = threshold(bar, bounds(&enc[j].1, &c));
+                    for i in 0..len {
+                        if dots[i] >= bar {
+                            assert!(out[j * cap + i] > t, "scale {scale} row {j} key {i}: dropped");
+                            checked += 1;
+                        }
+                    }
+                }
+                // The filter is useful: with the best key's dot as the bar, most keys fail.
+                let best = dots.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let t = threshold(best, bounds(&enc[j].1, &c));
+                let pass = (0..len).filter(|&i| out[j * cap + i] > t).count();
+                assert!(pass < len / 2, "scale {scale}: {pass} of {len} pass the best key's bar");
+            }
+        }
+        assert!(checked > 1000);
+        assert_eq!(threshold(f32::NEG_INFINITY, (1.0, 0.0)), i32::MIN);
+    }
+
+    #[test]
+    fn set_and_swap_remove_keep_the_copy_equal_to_a_fresh_quantization() {
+        let (d, cap, len) = (9, BLOCK, 10);
+        let (mut soa, mut c) = cell(d, cap, len, 5);
+        // A key inside the scale is written in place.
+        let key: Vec<f32> = (0..d).map(|i| (i as f32 - 4.0) * 0.1).collect();
+        assert!(c.set(len, &key, cap));
+        (0..d).for_each(|i| soa[i * cap + len] = key[i]);
+        // Move child `len` to 2 (swap-remove of 2 with `len` as the last).
+        c.swap_remove(2, len, cap);
+        (0..d).for_each(|i| {
+            soa[i * cap + 2] = soa[i * cap + len];
+            soa[i * cap + len] = 0.0;
+        });
+        let fresh = CellQ::quantize(&soa, d, cap, len).unwrap();
+        assert_eq!(c.data, fresh.data);
+        assert_eq!(c.sums, fresh.sums);
+        assert!(c.max_kn >= fresh.max_kn && c.max_fn >= fresh.max_fn);
+        // A key beyond the scale, or not finite, asks for a re-quantization.
+        assert!(!c.set(3, &vec![1e6; d], cap));
+        assert!(!c.set(3, &vec![f32::NAN; d], cap));
+        assert!(CellQ::quantize(&[f32::INFINITY; BLOCK], 1, BLOCK, 1).is_none());
+    }
+
+    #[test]
+    #[should_panic]
+    fn a_short_query_row_panics_instead_of_reading_past_it() {
+        let (_, c) = cell(8, BLOCK, BLOCK, 1);
+        let short = [0u8; 7];
+        let mut out = vec![0; ROWS * BLOCK];
+        scan_rows([&short[..]; ROWS], &c, BLOCK, BLOCK, &[0; ROWS], &mut out, &mut [0; ROWS]);
+    }
+}
