@@ -53,7 +53,7 @@
 //!   functions of the key set and the bound.
 
 use super::params::KnnParams;
-use super::quant::{self, CellQ, GROUP};
+use super::quant::{self, Bounds, CellQ, GROUP};
 use super::simd::{count_at_least, dot, dots, max_index, min_max, scan_cell, scan_cell_rows, SplitMix64, BLOCK, ROWS};
 use super::TopK;
 use crate::attention::Rows;
@@ -1347,17 +1347,18 @@ impl KnnIndex {
         for group in rows.chunks(ROWS) {
             // A short last group repeats a row (its results are not read).
             let at = |j: usize| group[j.min(group.len() - 1)] as usize;
-            let bounds: [(f64, f64); ROWS] = std::array::from_fn(|j| quant::bounds(&bs.q8_terms[at(j)], cq));
-            let thr: [i32; ROWS] = std::array::from_fn(|j| quant::threshold(bs.bars[at(j)], bounds[j]));
+            let bounds: [Bounds; ROWS] = std::array::from_fn(|j| Bounds::new(&bs.q8_terms[at(j)], cq));
+            let thr: [i32; ROWS] = std::array::from_fn(|j| bounds[j].threshold(bs.bars[at(j)]));
             let enc: [&[u8]; ROWS] = std::array::from_fn(|j| &bs.q8[at(j) * width..(at(j) + 1) * width]);
             let hits = quant::scan_rows(enc, cq, cap, len, &thr, &mut bs.iscores, &mut bs.masks);
             for (j, &r) in group.iter().enumerate() {
                 if !hits[j] {
                     continue;
                 }
-                let r = r as usize;
-                let (unit, margin) = (1.0 / bounds[j].0, bounds[j].1);
+                let (r, b) = (r as usize, &bounds[j]);
                 let (ids, hd) = (&mut bs.lb_ids[r * k..(r + 1) * k], &mut bs.lb_dots[r * k..(r + 1) * k]);
+                let scores = &bs.iscores[j * cap..(j + 1) * cap];
+                let mut lower_bar = b.lower_bar(bs.bars[r]);
                 for (v, &m) in bs.masks[j * nv..(j + 1) * nv].iter().enumerate() {
                     let mut m = m;
                     while m != 0 {
@@ -1367,15 +1368,13 @@ impl KnnIndex {
                         if (id as usize) >= vis {
                             continue;
                         }
-                        let x = bs.iscores[j * cap + i] as f64;
-                        let (lb, ub) = (((x - margin) * unit) as f32, ((x + margin) * unit) as f32);
-                        // One ulp outward covers the rounding to f32.
-                        let (lb, ub) = (lb.next_down(), ub.next_up());
-                        if lb > bs.bars[r] {
-                            heap_offer(ids, hd, &mut bs.lb_len[r], id, lb);
+                        let x = scores[i];
+                        if x as f64 > lower_bar {
+                            heap_offer(ids, hd, &mut bs.lb_len[r], id, b.lower(x));
                             bs.bars[r] = heap_bar(hd, bs.lb_len[r]);
+                            lower_bar = b.lower_bar(bs.bars[r]);
                         }
-                        bs.found.push((r as u32, id, ub));
+                        bs.found.push((r as u32, id, b.upper(x)));
                     }
                 }
             }

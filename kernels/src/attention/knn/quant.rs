@@ -29,7 +29,7 @@
 //! the tests, used only when forced: without a dot-product instruction the f32 scan is
 //! faster). ARM's `sdot` (ARMv8.2 dotprod) is the next back-end to add.
 
-use super::simd::{BLOCK, ROWS};
+use super::simd::{dot, min_max, BLOCK, ROWS};
 use std::sync::OnceLock;
 
 /// Coordinates per 32-bit lane of the dot-product instruction.
@@ -64,11 +64,25 @@ pub fn groups(d: usize) -> usize {
     d.div_ceil(GROUP)
 }
 
+/// An upper bound on the Euclidean norm of `x / s - X` over `d` coordinates (`X`
+/// integers, possibly 0) from `sq`, the f32 sum of the squares of `x * (1 / s) - X`:
+/// each `x * (1 / s)` is within `127.5 * 2^-23` of `x / s` (two roundings), so the
+/// norm within `1.6e-5 sqrt(d)`, and a sum of `d` squares errs by at most
+/// `d * 2^-24` relative (halved by the root).
+fn f32_norm_bound(sq: f32, d: usize) -> f64 {
+    let d = d as f64;
+    (sq as f64).sqrt() * (1.0 + d * f32::EPSILON as f64) + 2e-5 * d.sqrt()
+}
+
+/// `round(x * inv)` (ties to even) clamped to `[-127, 127]`, for `|x * inv| <= 128`:
+/// adding `1.5 * 2^23` leaves the rounded integer in the low mantissa bits, so there is
+/// no libm call (`f32::round` on baseline x86) and no saturating conversion, and the
+/// loops that call it vectorize.
+#[inline(always)]
 fn round_i8(x: f32, inv: f32) -> i8 {
-    // Half away from zero by a truncating conversion (`f32::round` is a libm call
-    // on baseline x86); |x * inv| <= 127 by the choice of scale, up to rounding.
-    let y = x * inv;
-    ((y + 0.5f32.copysign(y)) as i32).clamp(-127, 127) as i8
+    const MAGIC: f32 = 12_582_912.0;
+    let t = x * inv + MAGIC;
+    (t.to_bits() as i32 - MAGIC.to_bits() as i32).clamp(-127, 127) as i8
 }
 
 impl CellQ {
@@ -79,12 +93,13 @@ impl CellQ {
         assert!(cap.is_multiple_of(BLOCK) && len <= cap && soa.len() >= d * cap);
         let mut max = 0.0f32;
         for c in 0..d {
-            for &x in &soa[c * cap..c * cap + len] {
-                if !x.is_finite() {
-                    return None;
-                }
-                max = max.max(x.abs());
+            let row = &soa[c * cap..c * cap + len];
+            // A NaN or infinity makes the row's square sum non-finite.
+            if !dot(row, row).is_finite() {
+                return None;
             }
+            let (lo, hi) = min_max(row);
+            max = max.max(-lo).max(hi);
         }
         let scale = if max > TINY { max / 127.0 } else { 1.0 };
         let mut q = CellQ {
@@ -96,40 +111,41 @@ impl CellQ {
             max_fn: 0.0,
         };
         let inv = 1.0 / scale;
-        // Row by row (sequential reads of `soa`), then the per-child sums and norms.
-        let mut sq = vec![(0.0f64, 0.0f64); len];
+        // Row by row (sequential reads of `soa`), then the per-child norms.
+        let (mut kn, mut fsq) = (vec![0i32; len], vec![0.0f32; len]);
         for c in 0..d {
             let base = (c / GROUP) * cap * GROUP + c % GROUP;
-            for (i, &x) in soa[c * cap..c * cap + len].iter().enumerate() {
+            let row = &soa[c * cap..c * cap + len];
+            for (i, ((&x, k), f)) in row.iter().zip(&mut kn).zip(&mut fsq).enumerate() {
                 let v = round_i8(x, inv);
                 q.data[base + i * GROUP] = v;
                 q.sums[i] += v as i32;
-                let f = x as f64 * q.inv_scale - v as f64;
-                sq[i].0 += (v as f64) * (v as f64);
-                sq[i].1 += f * f;
+                *k += v as i32 * v as i32;
+                let e = x * inv - v as f32;
+                *f += e * e;
             }
         }
-        for &(kn, f) in &sq {
-            q.max_kn = q.max_kn.max(kn.sqrt());
-            q.max_fn = q.max_fn.max(f.sqrt());
+        for (&k, &f) in kn.iter().zip(&fsq) {
+            q.max_kn = q.max_kn.max((k as f64).sqrt());
+            q.max_fn = q.max_fn.max(f32_norm_bound(f, d));
         }
         Some(q)
     }
 
     /// Writes child `local` from its f32 coordinates.
     fn write(&mut self, local: usize, key: &[f32], cap: usize, inv: f32) {
-        let (mut sum, mut kn, mut fn_) = (0i32, 0.0f64, 0.0f64);
+        let (mut sum, mut kn, mut fsq) = (0i32, 0i32, 0.0f32);
         for (c, &x) in key.iter().enumerate() {
             let v = round_i8(x, inv);
             self.data[((c / GROUP) * cap + local) * GROUP + c % GROUP] = v;
             sum += v as i32;
-            let f = x as f64 * self.inv_scale - v as f64;
-            kn += (v as f64) * (v as f64);
-            fn_ += f * f;
+            kn += v as i32 * v as i32;
+            let e = x * inv - v as f32;
+            fsq += e * e;
         }
         self.sums[local] = sum;
-        self.max_kn = self.max_kn.max(kn.sqrt());
-        self.max_fn = self.max_fn.max(fn_.sqrt());
+        self.max_kn = self.max_kn.max((kn as f64).sqrt());
+        self.max_fn = self.max_fn.max(f32_norm_bound(fsq, key.len()));
     }
 
     /// Sets child `local` (capacity unchanged); false when the key does not fit the
@@ -161,6 +177,7 @@ impl CellQ {
 /// the f32 error factor of an exact dot.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct QueryTerms {
+    scale: f64,
     inv: f64,
     e: f64,
     qn: f64,
@@ -171,55 +188,96 @@ pub struct QueryTerms {
 /// encode 0), returns its [`QueryTerms`], or `None` when a coordinate is not finite.
 pub fn encode_query(q: &[f32], out: &mut [u8]) -> Option<QueryTerms> {
     assert!(out.len() >= groups(q.len()) * GROUP);
-    let mut max = 0.0f32;
-    for &x in q {
-        if !x.is_finite() {
-            return None;
-        }
-        max = max.max(x.abs());
+    // A NaN or infinity (or a square sum past f32) makes `q . q` non-finite.
+    if !dot(q, q).is_finite() {
+        return None;
     }
+    let (lo, hi) = min_max(q);
+    let max = (-lo).max(hi).max(0.0);
     let scale = if max > TINY { max / 127.0 } else { 1.0 };
     let inv = 1.0 / scale;
-    let inv64 = 1.0 / scale as f64;
-    let (mut e, mut qn) = (0.0f64, 0.0f64);
+    // Eight partial sums: independent chains.
+    let (mut e, mut r) = ([0.0f32; 8], [0.0f32; 8]);
     for (c, o) in out.iter_mut().enumerate() {
         let x = q.get(c).copied().unwrap_or(0.0);
         let v = round_i8(x, inv);
-        let r = x as f64 * inv64;
-        e += (r - v as f64) * (r - v as f64);
-        qn += r * r;
+        let y = x * inv;
+        e[c % 8] += (y - v as f32) * (y - v as f32);
+        r[c % 8] += y * y;
         *o = (v as i32 + OFFSET) as u8;
     }
+    let d = q.len();
     // The f32 dot of `d` products errs by at most `d u / (1 - d u)` (u = 2^-24) times
     // `sum |q_c k_c| <= |q| |k|`; `2 d u = d * EPSILON` covers it below d = 2^22.
-    let gamma = q.len() as f64 * f32::EPSILON as f64;
-    Some(QueryTerms { inv: inv64, e: e.sqrt(), qn: qn.sqrt(), gamma })
+    let gamma = d as f64 * f32::EPSILON as f64;
+    Some(QueryTerms {
+        scale: scale as f64,
+        inv: 1.0 / scale as f64,
+        e: f32_norm_bound(e.iter().sum(), d),
+        qn: f32_norm_bound(r.iter().sum(), d),
+        gamma,
+    })
 }
 
-/// `(1 / (s_q s_k), margin)`: a key of the cell with int8 score `x` (`sum Q K`) has
-/// `(x - margin) s_q s_k <= fl(q . k) <= (x + margin) s_q s_k`, where `fl(q . k)` is
-/// any f32 evaluation of the dot (module doc; `|k / s_k| <= |K| + |f|`).
-#[inline]
-pub fn bounds(t: &QueryTerms, cell: &CellQ) -> (f64, f64) {
-    let round = t.e * cell.max_kn + t.qn * cell.max_fn;
-    let f32_err = t.gamma * t.qn * (cell.max_kn + cell.max_fn);
-    // Relative and absolute slack for the f64 evaluation of all this.
-    let margin = (round + f32_err) * (1.0 + 1e-9) + 1e-3;
-    (t.inv * cell.inv_scale, margin)
+/// What an int8 score `x = sum Q K` of one query against one cell says about the
+/// exact dot: `(x - margin) s_q s_k <= fl(q . k) <= (x + margin) s_q s_k`, where
+/// `fl(q . k)` is any f32 evaluation of the dot (module doc; `|k / s_k| <= |K| + |f|`).
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    unit: f64,
+    inv_unit: f64,
+    margin: f64,
 }
 
-/// The int8 score a key must exceed (`sum Q K > t`) for its exact dot to possibly
-/// beat `bar`, given the cell's [`bounds`]: `bar / (s_q s_k) - margin`, rounded down.
-/// `i32::MIN` for a bar of `-inf` (a filling heap takes anything).
-#[inline]
-pub fn threshold(bar: f32, (inv_unit, margin): (f64, f64)) -> i32 {
-    if bar.is_nan() || bar == f32::NEG_INFINITY {
-        return i32::MIN;
+impl Bounds {
+    #[inline]
+    pub fn new(t: &QueryTerms, cell: &CellQ) -> Bounds {
+        let round = t.e * cell.max_kn + t.qn * cell.max_fn;
+        let f32_err = t.gamma * t.qn * (cell.max_kn + cell.max_fn);
+        // Relative and absolute slack for the f64 evaluation of all this.
+        let margin = (round + f32_err) * (1.0 + 1e-9) + 1e-3;
+        Bounds { unit: t.scale * cell.scale as f64, inv_unit: t.inv * cell.inv_scale, margin }
     }
-    // `as` truncates toward zero and saturates: 2 below covers the rounding down
-    // and one unit of slack.
-    (bar as f64 * inv_unit - margin - 2.0) as i32
+
+    /// The int8 score a key must exceed (`x > t`) for its exact dot to possibly beat
+    /// `bar`: `bar / (s_q s_k) - margin`, rounded down. `i32::MIN` for a bar of `-inf`
+    /// or NaN (a filling heap takes anything).
+    #[inline]
+    pub fn threshold(&self, bar: f32) -> i32 {
+        if bar.is_nan() || bar == f32::NEG_INFINITY {
+            return i32::MIN;
+        }
+        // `as` truncates toward zero and saturates: 2 below covers the rounding
+        // down and one unit of slack.
+        (bar as f64 * self.inv_unit - self.margin - 2.0) as i32
+    }
+
+    /// The int8 score above which the lower bound beats `bar` (`-inf` for a bar of
+    /// `-inf`): `x > lower_bar(bar)` implies `lower(x) > bar`.
+    #[inline]
+    pub fn lower_bar(&self, bar: f32) -> f64 {
+        // One unit above, for the rounding of `lower`.
+        bar as f64 * self.inv_unit + self.margin + 1.0
+    }
+
+    /// A lower bound on the exact dot, as an f32 at or below the f64 value.
+    #[inline]
+    pub fn lower(&self, x: i32) -> f32 {
+        let v = (x as f64 - self.margin) * self.unit;
+        // Moving 2^-22 relative (plus a subnormal step) inward of the f32 rounding.
+        (v - v.abs() * TO_F32 - 1e-37) as f32
+    }
+
+    /// An upper bound on the exact dot, as an f32 at or above the f64 value.
+    #[inline]
+    pub fn upper(&self, x: i32) -> f32 {
+        let v = (x as f64 + self.margin) * self.unit;
+        (v + v.abs() * TO_F32 + 1e-37) as f32
+    }
 }
+
+/// More than half an f32 ulp, relative: `(v +- |v| TO_F32) as f32` rounds outward.
+const TO_F32: f64 = 1.0 / (1u64 << 22) as f64;
 
 /// `out[j * cap + i] = sum_c Q_jc K_ic` (the query bytes minus [`OFFSET`]) for the
 /// first `len` columns (later columns are unspecified); bit `b` of
@@ -457,7 +515,7 @@ mod tests {
             for (j, x) in rows.iter().enumerate() {
                 let dots: Vec<f32> = (0..len).map(|i| (0..d).map(|k| x[k] * soa[k * cap + i]).sum()).collect();
                 for &bar in &dots {
-                    let t = threshold(bar, bounds(&enc[j].1, &c));
+                    let t = Bounds::new(&enc[j].1, &c).threshold(bar);
                     for i in 0..len {
                         if dots[i] >= bar {
                             assert!(out[j * cap + i] > t, "scale {scale} row {j} key {i}: dropped");
@@ -466,14 +524,29 @@ mod tests {
                     }
                 }
                 // The filter is useful: with the best key's dot as the bar, most keys fail.
+                // Each key's exact dot lies within its bounds, and a score above
+                // `lower_bar(bar)` has a lower bound above `bar`.
+                let b = Bounds::new(&enc[j].1, &c);
+                for (i, &dot) in dots.iter().enumerate() {
+                    let x = out[j * cap + i];
+                    assert!(b.lower(x) <= dot && dot <= b.upper(x), "scale {scale} key {i}: {dot} outside its bounds");
+                    for &bar in &dots {
+                        if x as f64 > b.lower_bar(bar) {
+                            assert!(b.lower(x) > bar);
+                        }
+                    }
+                }
                 let best = dots.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let t = threshold(best, bounds(&enc[j].1, &c));
+                let t = Bounds::new(&enc[j].1, &c).threshold(best);
                 let pass = (0..len).filter(|&i| out[j * cap + i] > t).count();
                 assert!(pass < len / 2, "scale {scale}: {pass} of {len} pass the best key's bar");
             }
         }
         assert!(checked > 1000);
-        assert_eq!(threshold(f32::NEG_INFINITY, (1.0, 0.0)), i32::MIN);
+        let mut bytes = vec![0u8; groups(d) * GROUP];
+        let b = Bounds::new(&encode_query(&vec![1.0; d], &mut bytes).unwrap(), &c);
+        assert_eq!(b.threshold(f32::NEG_INFINITY), i32::MIN);
+        assert_eq!(b.lower_bar(f32::NEG_INFINITY), f64::NEG_INFINITY);
     }
 
     #[test]
