@@ -417,7 +417,7 @@ fn convert_attention_knn_lowers_long_attention_and_compares_near_exact() {
     let rec = tmp("long_knn_recommended.floe");
     let o = floe(&["convert", &model, "-o", rec.to_str().unwrap(), "--attention", "knn:preset=recommended"]);
     let t = text(&o);
-    assert!(o.status.success() && t.contains("field_of_view=64,prop_field_of_view=0.22"), "{t}");
+    assert!(o.status.success() && t.contains("field_of_view=24,prop_field_of_view=0.34"), "{t}");
     let o = floe(&["inspect", knn.to_str().unwrap()]);
     assert!(o.status.success() && text(&o).contains("KnnAttention"), "{}", text(&o));
     let mut args = vec!["compare".to_string(), exact.display().to_string(), knn.display().to_string()];

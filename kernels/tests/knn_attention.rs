@@ -261,7 +261,7 @@ fn decode_steps_reusing_the_index_equal_one_causal_pass_over_the_whole_sequence(
     let (pre, total, d) = (1100, 1110, 16);
     let (q, mut k, v) = peaked(total, total, d, 21);
     k[..d].iter_mut().for_each(|x| *x *= 2.0);
-    let p = KnnParams { k: 8, ..KnnParams::recommended() };
+    let p = KnnParams { k: 8, levels: 3, ..KnnParams::recommended() };
     let whole = run_knn(&q, &k, &v, total, total, d, Visibility::causal(total, 0), &p);
 
     let mut cache = None;

@@ -649,20 +649,25 @@ mod tests {
         let bytes = postcard::to_allocvec(&(old, 99u32)).unwrap();
         let (c, tail): (KnnConfig, u32) = with_layout(4, || postcard::from_bytes(&bytes)).unwrap();
         assert_eq!(tail, 99, "a version 4 config is read to its end, no further");
-        let mut want = KnnConfig::from(&KnnParams::recommended());
-        want.seed = 7;
-        want.query_prop_field_of_view = 0.0;
+        let want = KnnConfig::from(&KnnParams {
+            k: 8,
+            construction_scan: true,
+            construction_field_of_view: usize::MAX,
+            query_field_of_view: Some(64),
+            seed: 7,
+            ..KnnParams::default()
+        });
         assert_eq!(c, want);
         // Written as version 4, it is the old bytes exactly.
         assert_eq!(with_layout(4, || postcard::to_allocvec(&(&c, 99u32))).unwrap(), bytes);
         // From version 5 on the field is stored.
         let rec = KnnConfig::from(&KnnParams::recommended());
-        assert_eq!(rec.query_prop_field_of_view, 0.22);
+        assert_eq!(rec.query_prop_field_of_view, 0.34);
         let bytes = with_layout(5, || postcard::to_allocvec(&(&rec, 99u32))).unwrap();
         let back: (KnnConfig, u32) = with_layout(5, || postcard::from_bytes(&bytes)).unwrap();
         assert_eq!(back, (rec.clone(), 99));
-        assert_eq!(rec.params().query_prop_field_of_view, 0.22);
-        assert!(rec.to_string().contains("prop_field_of_view=0.22"), "{rec}");
+        assert_eq!(rec.params().query_prop_field_of_view, 0.34);
+        assert!(rec.to_string().contains("prop_field_of_view=0.34"), "{rec}");
     }
 
     /// A peaked workload: Gaussian-ish keys, each query a noisy copy of one key, so
