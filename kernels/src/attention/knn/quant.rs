@@ -25,9 +25,11 @@
 //! unsigned query bytes, so queries are stored as `Q + 128` and the kernel subtracts
 //! `128 * sum_c K_c` (kept per child).
 //!
-//! Kernels: AVX-512 VNNI, and a scalar one with the same results (the reference of
-//! the tests, used only when forced: without a dot-product instruction the f32 scan is
-//! faster). ARM's `sdot` (ARMv8.2 dotprod) is the next back-end to add.
+//! Kernels: AVX-512 VNNI (x86_64), `sdot` (aarch64 with the ARMv8.2 dot product, e.g.
+//! Cortex-A76 / Raspberry Pi 5; signed by signed, so it flips the query bytes' top bit
+//! back to `Q` and needs no correction; Cortex-A72 / Pi 4 has none), and a scalar one
+//! with the same results (the reference of the tests, used only when forced: without a
+//! dot-product instruction the f32 scan is faster).
 
 use super::simd::{dot, min_max, BLOCK, ROWS};
 use std::sync::OnceLock;
@@ -400,6 +402,93 @@ mod vnni {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+mod sdot {
+    use super::*;
+    use std::arch::aarch64::*;
+
+    pub fn scan(
+        q: [&[u8]; ROWS],
+        cell: &CellQ,
+        cap: usize,
+        len: usize,
+        thr: &[i32; ROWS],
+        out: &mut [i32],
+        masks: &mut [u16],
+    ) -> [bool; ROWS] {
+        let groups = check(&q, cell, cap, len, out, masks);
+        masks[..ROWS * (cap / BLOCK)].fill(0);
+        // SAFETY: `kernel()` hands this entry out only after detecting neon and
+        // dotprod; `check` proved the bounds `inner` relies on.
+        unsafe { inner(q, cell, cap, len, groups, thr, out, masks) }
+    }
+
+    /// `acc + (4-byte dot products of a and b per 32-bit lane)`: ARMv8.2 `sdot` (its
+    /// intrinsic is not stable Rust yet).
+    #[target_feature(enable = "neon,dotprod")]
+    #[inline]
+    fn dot4(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        let mut acc = acc;
+        // SAFETY: a register-only instruction of a feature this function enables.
+        unsafe {
+            std::arch::asm!(
+                "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+                acc = inout(vreg) acc,
+                a = in(vreg) a,
+                b = in(vreg) b,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+        acc
+    }
+
+    #[target_feature(enable = "neon,dotprod")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn inner(
+        q: [&[u8]; ROWS],
+        cell: &CellQ,
+        cap: usize,
+        len: usize,
+        groups: usize,
+        thr: &[i32; ROWS],
+        out: &mut [i32],
+        masks: &mut [u16],
+    ) -> [bool; ROWS] {
+        let mut any = [0u16; ROWS];
+        // SAFETY: reads the four elements of a local array.
+        let bit: uint32x4_t = unsafe { vld1q_u32([1u32, 2, 4, 8].as_ptr()) };
+        // Four children (16 bytes: four coordinates each) per step.
+        let mut o = 0;
+        while o < len {
+            let mut acc = [vdupq_n_s32(0); ROWS];
+            for g in 0..groups {
+                // SAFETY: `(g * cap + o) * 4 + 16 <= groups * cap * 4 = data.len()`
+                // as `o + 4 <= cap` (`cap` a multiple of 16, `o` of 4, `o < len`).
+                let x = unsafe { vld1q_s8(cell.data.as_ptr().add((g * cap + o) * GROUP)) };
+                for j in 0..ROWS {
+                    // SAFETY: `g * 4 + 4 <= groups * 4 <= q[j].len()` (checked).
+                    let b = unsafe { (q[j].as_ptr().add(g * GROUP) as *const u32).read_unaligned() };
+                    // Bytes are `Q + 128`: flipping the top bit gives `Q` as i8.
+                    let qv = vreinterpretq_s8_u32(vdupq_n_u32(b ^ 0x8080_8080));
+                    acc[j] = dot4(acc[j], x, qv);
+                }
+            }
+            let live = (len - o).min(4);
+            let live_bits: u16 = (1 << live) - 1;
+            for j in 0..ROWS {
+                // SAFETY: `j * cap + o + 4 <= ROWS * cap <= out.len()` (checked).
+                unsafe { vst1q_s32(out.as_mut_ptr().add(j * cap + o), acc[j]) };
+                let gt = vcgtq_s32(acc[j], vdupq_n_s32(thr[j]));
+                let m = (vaddvq_u32(vandq_u32(gt, bit)) as u16) & live_bits;
+                masks[j * (cap / BLOCK) + o / BLOCK] |= m << (o % BLOCK);
+                any[j] |= m;
+            }
+            o += 4;
+        }
+        any.map(|m| m != 0)
+    }
+}
+
 fn kernel() -> Option<ScanFn> {
     static K: OnceLock<Option<ScanFn>> = OnceLock::new();
     *K.get_or_init(|| {
@@ -410,6 +499,12 @@ fn kernel() -> Option<ScanFn> {
                 && is_x86_feature_detected!("avx512vnni")
             {
                 return Some(vnni::scan as ScanFn);
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("neon") && std::arch::is_aarch64_feature_detected!("dotprod") {
+                return Some(sdot::scan as ScanFn);
             }
         }
         None
