@@ -60,7 +60,7 @@ fn scan_generic<S: Simd>(s: S, q: &[f32], soa: &[f32], rows: usize, cap: usize, 
 /// is loaded once for all rows (a `ROWS x LANES` register tile; eight independent
 /// FMA chains cover the FMA latency on two ports).
 #[inline(always)]
-fn scan_rows_generic<S: Simd, const V: usize>(
+fn scan_rows_generic<S: Simd, const R: usize, const V: usize>(
     s: S,
     q: [&[f32]; ROWS],
     soa: &[f32],
@@ -70,47 +70,53 @@ fn scan_rows_generic<S: Simd, const V: usize>(
     maxes: &mut [f32; ROWS],
 ) {
     assert!(cap.is_multiple_of(BLOCK) && soa.len() >= rows * cap && out.len() >= ROWS * cap);
-    // Rows cut to exactly `rows`: the loop below indexes them without checks.
-    let q: [&[f32]; ROWS] = std::array::from_fn(|j| &q[j][..rows]);
-    let mut mx = [s.splat(f32::NEG_INFINITY); ROWS];
-    let mut o = 0;
-    // `V` vectors of columns per step while they fit (a `ROWS x V` register tile:
-    // fewer loads and bounds checks per FMA), then one at a time.
-    while o + V * S::LANES <= cap {
-        let mut acc = [[s.splat(0.0); ROWS]; V];
-        for c in 0..rows {
-            let row = &soa[c * cap + o..c * cap + o + V * S::LANES];
-            for v in 0..V {
-                let x = s.load(&row[v * S::LANES..]);
-                for j in 0..ROWS {
-                    acc[v][j] = s.mul_add(s.splat(q[j][c]), x, acc[v][j]);
+    assert!(R > 0 && ROWS.is_multiple_of(R));
+    let soa = &soa[..rows * cap];
+    // `R` rows per pass over the cell: the `R x V` accumulators, `V` column vectors
+    // and `R` broadcasts must fit the register file, or the compiler spills an
+    // accumulator and its FMA chain runs through memory (AVX2's 16 registers take
+    // 4 x 2, AVX-512's and NEON's 32 take 8 x 2).
+    for p in (0..ROWS).step_by(R) {
+        // Rows cut to exactly `rows`: the loops below index them without checks.
+        let q: [&[f32]; R] = std::array::from_fn(|j| &q[p + j][..rows]);
+        let mut mx = [s.splat(f32::NEG_INFINITY); R];
+        let mut o = 0;
+        while o + V * S::LANES <= cap {
+            let mut acc = [[s.splat(0.0); R]; V];
+            for (c, row) in soa.chunks_exact(cap).enumerate() {
+                let x: [S::F; V] = std::array::from_fn(|v| s.load(&row[o + v * S::LANES..]));
+                for j in 0..R {
+                    let b = s.splat(q[j][c]);
+                    for v in 0..V {
+                        acc[v][j] = s.mul_add(b, x[v], acc[v][j]);
+                    }
                 }
             }
+            for (v, acc) in acc.iter().enumerate() {
+                for (j, a) in acc.iter().enumerate() {
+                    s.store(*a, &mut out[(p + j) * cap + o + v * S::LANES..]);
+                    mx[j] = s.max(mx[j], *a);
+                }
+            }
+            o += V * S::LANES;
         }
-        for (v, acc) in acc.iter().enumerate() {
+        while o < cap {
+            let mut acc = [s.splat(0.0); R];
+            for (c, row) in soa.chunks_exact(cap).enumerate() {
+                let x = s.load(&row[o..]);
+                for j in 0..R {
+                    acc[j] = s.mul_add(s.splat(q[j][c]), x, acc[j]);
+                }
+            }
             for (j, a) in acc.iter().enumerate() {
-                s.store(*a, &mut out[j * cap + o + v * S::LANES..]);
+                s.store(*a, &mut out[(p + j) * cap + o..]);
                 mx[j] = s.max(mx[j], *a);
             }
+            o += S::LANES;
         }
-        o += V * S::LANES;
-    }
-    while o < cap {
-        let mut acc = [s.splat(0.0); ROWS];
-        for c in 0..rows {
-            let x = s.load(&soa[c * cap + o..]);
-            for j in 0..ROWS {
-                acc[j] = s.mul_add(s.splat(q[j][c]), x, acc[j]);
-            }
+        for j in 0..R {
+            maxes[p + j] = s.reduce_max(mx[j]);
         }
-        for (j, a) in acc.iter().enumerate() {
-            s.store(*a, &mut out[j * cap + o..]);
-            mx[j] = s.max(mx[j], *a);
-        }
-        o += S::LANES;
-    }
-    for j in 0..ROWS {
-        maxes[j] = s.reduce_max(mx[j]);
     }
 }
 
@@ -199,7 +205,7 @@ fn dots_generic<S: Simd>(s: S, q: &[f32], keys: &[f32], ids: &[u32], out: &mut [
 /// Safe entry points for one instruction set; `$features` are enabled on an inner
 /// function that the table below hands out only after detecting them.
 macro_rules! entries {
-    ($m:ident, $tok:ty, $v:literal $(, $features:literal)?) => {
+    ($m:ident, $tok:ty, $r:literal, $v:literal $(, $features:literal)?) => {
         mod $m {
             use super::*;
             #[allow(unused_imports)]
@@ -233,7 +239,7 @@ macro_rules! entries {
                 ) {
                     // SAFETY: as for `scan`.
                     let s = unsafe { <$tok>::new_unchecked() };
-                    scan_rows_generic::<_, $v>(s, q, soa, rows, cap, out, maxes)
+                    scan_rows_generic::<_, $r, $v>(s, q, soa, rows, cap, out, maxes)
                 }
                 // SAFETY: as for `scan`.
                 unsafe { inner(q, soa, rows, cap, out, maxes) }
@@ -304,15 +310,16 @@ impl Unchecked for Scalar {
     }
 }
 
-// The literal is the column vectors per step of `scan_rows_generic`: two where 32
-// vector registers hold the `ROWS x 2` accumulators (AVX-512, NEON), else one.
-entries!(scalar, Scalar, 1);
+// The literals are the rows per pass and the column vectors per step of
+// `scan_rows_generic`: `ROWS x 2` where 32 vector registers hold the accumulators
+// (AVX-512, NEON), `4 x 2` in AVX2's 16.
+entries!(scalar, Scalar, 8, 1);
 #[cfg(target_arch = "x86_64")]
-entries!(avx512, crate::vecmath::x86::Avx512, 2, "avx512f");
+entries!(avx512, crate::vecmath::x86::Avx512, 8, 2, "avx512f");
 #[cfg(target_arch = "x86_64")]
-entries!(avx2, crate::vecmath::x86::Avx2Fma, 1, "avx2,fma");
+entries!(avx2, crate::vecmath::x86::Avx2Fma, 4, 2, "avx2,fma");
 #[cfg(target_arch = "aarch64")]
-entries!(neon, crate::vecmath::neon::Neon, 2, "neon");
+entries!(neon, crate::vecmath::neon::Neon, 8, 2, "neon");
 
 #[derive(Clone, Copy)]
 struct Kernels {
@@ -471,7 +478,7 @@ mod tests {
     #[test]
     fn every_isa_scans_and_dots_like_the_scalar_path_at_the_slice_bounds() {
         for rows in [1, 3, 4, 7, 65] {
-            for cap in [BLOCK, 2 * BLOCK] {
+            for cap in [BLOCK, 2 * BLOCK, 3 * BLOCK] {
                 let soa: Vec<f32> = (0..rows * cap).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
                 let q: Vec<f32> = (0..rows).map(|i| (i as f32 - 3.0) / 7.0).collect();
                 // Exactly-sized slices: the last load ends at the last element.
