@@ -1931,6 +1931,38 @@ mod tests {
     }
 
     #[test]
+    fn heap_offer_keeps_the_k_best_with_the_smallest_at_the_root() {
+        // Against a sort of everything offered: scores drawn from a few values (ties)
+        // and from a wide range, every capacity from 1 to 20 (heaps of 1 to 5 levels).
+        let mut rng = SplitMix64::new(9);
+        for k in 1..=20usize {
+            for distinct in [3u64, 1 << 20] {
+                let (mut ids, mut dots, mut len) = (vec![0u32; k], vec![0.0f32; k], 0u32);
+                let mut all = Vec::new();
+                for id in 0..200u32 {
+                    let x = (rng.next_u64() % distinct) as f32 - (distinct / 2) as f32;
+                    heap_offer(&mut ids, &mut dots, &mut len, id, x);
+                    all.push(x);
+                    let n = len as usize;
+                    assert_eq!(n, all.len().min(k));
+                    // Min-heap order, and the kept scores are the n best offered.
+                    for i in 1..n {
+                        assert!(dots[(i - 1) / 2] <= dots[i], "k {k}: heap order at {i}");
+                    }
+                    let mut want = all.clone();
+                    want.sort_by(|a, b| b.total_cmp(a));
+                    let mut got = dots[..n].to_vec();
+                    got.sort_by(|a, b| b.total_cmp(a));
+                    assert_eq!(got, want[..n], "k {k}");
+                    for i in 0..n {
+                        assert_eq!(all[ids[i] as usize], dots[i], "k {k}: id {} carries its score", ids[i]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn whole_level_selection_picks_the_best_by_score_then_smaller_id() {
         let (n, d) = (2000, 8);
         let keys = random_keys(n, d, 31);
