@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# targets/cross.sh PRESET build|test|check-run [--runtime-only] [--profile P]
+# targets/cross.sh PRESET build|test|check-run [--runtime-only] [--profile P] [--extra-cpu CPU]
 #
 # Cross-builds floe for a board preset (see `floe targets`) and runs its tests under
 # qemu-user, from an x86_64 Debian/Ubuntu machine. Installs what it needs the first
@@ -20,6 +20,10 @@
 #   --profile P     build/check-run with cargo profile P instead of release (CI uses
 #                   cross-test, which reuses the test build: the release build with
 #                   LTO takes ~10 minutes on 2 cores).
+#   --extra-cpu CPU test: also run the floe-kernels k-NN tests (the same build) under
+#                   qemu's CPU, which must have an int8 dot product (checked), e.g.
+#                   cortex-a76 for the Pi 4 build on a Pi 5: its `sdot` path is
+#                   picked at run time, so the preset's CPU never runs it.
 #
 # Preset data (triple, rustflags, qemu CPU, cross tools) comes from floe-targets
 # (targets/src/lib.rs) via its `floe-preset` binary: this script holds no copy.
@@ -27,20 +31,22 @@
 # RUSTFLAGS. FLOE_CROSS_NO_INSTALL=1 skips the installation step.
 set -euo pipefail
 
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 2 ] || usage
 PRESET=$1 MODE=$2
 shift 2
-RUNTIME_ONLY=0 PROFILE=""
+RUNTIME_ONLY=0 PROFILE="" EXTRA_CPU=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --runtime-only) RUNTIME_ONLY=1; shift ;;
     --profile) [ $# -ge 2 ] || usage; PROFILE=$2; shift 2 ;;
+    --extra-cpu) [ $# -ge 2 ] || usage; EXTRA_CPU=$2; shift 2 ;;
     *) echo "cross.sh: unknown argument '$1'" >&2; usage ;;
   esac
 done
 case "$MODE" in build|test|check-run) ;; *) echo "cross.sh: unknown mode '$MODE'" >&2; usage ;; esac
 [ "$MODE" = build ] || [ "$RUNTIME_ONLY" = 0 ] || { echo "cross.sh: --runtime-only is for build" >&2; exit 2; }
+[ "$MODE" = test ] || [ -z "$EXTRA_CPU" ] || { echo "cross.sh: --extra-cpu is for test" >&2; exit 2; }
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -152,6 +158,16 @@ run_tests() {
   [ "$status" = 0 ] || die "tests failed (exit $status; full log: $log_file)"
   local passed; passed=$(awk '/^test result:/ { s += $4 } END { print s + 0 }' "$log_file")
   log "tests: $passed passed under ${RUN[*]:-native} in $(( $(date +%s) - t )) s"
+  if [ -n "$EXTRA_CPU" ]; then
+    [ "$CROSS" = 1 ] || die "--extra-cpu needs a cross preset (qemu)"
+    local xlog=$TARGET_DIR/cross-test-$PRESET-$EXTRA_CPU.log xstatus=0
+    log "k-NN kernel tests under qemu -cpu $EXTRA_CPU, same build (log: $xlog)"
+    env "CARGO_TARGET_${TRIPLE_VAR}_RUNNER=$QEMU_BIN -cpu $EXTRA_CPU -L $FLOE_SYSROOT" FLOE_EXPECT_INT8=1 \
+      cargo test -p floe-kernels --lib --target "$FLOE_TRIPLE" --profile cross-test knn >"$xlog" 2>&1 \
+      || xstatus=$?
+    grep -E '^test result|FAILED|panicked|^error' "$xlog" || true
+    [ "$xstatus" = 0 ] || die "k-NN kernel tests failed under -cpu $EXTRA_CPU (full log: $xlog)"
+  fi
 }
 
 # ------------------------------------------------------------- check-run ----

@@ -737,6 +737,16 @@ mod tests {
     }
 
     #[test]
+    fn an_int8_kernel_is_picked_where_the_run_expects_one() {
+        // `targets/cross.sh ... --extra-cpu` sets this for a CPU with a dot product
+        // (CI: Cortex-A76), so the tests above cannot pass by checking only the
+        // scalar reference against itself.
+        if std::env::var_os("FLOE_EXPECT_INT8").is_some() {
+            assert!(available(), "no int8 kernel picked on a CPU expected to have one");
+        }
+    }
+
+    #[test]
     fn the_threshold_never_drops_a_key_whose_exact_dot_beats_the_bar() {
         // Full int8 queries (VNNI, sdot) and AVX2's 7-bit ones.
         for code in [FULL, Code { qmax: 63, offset: 64 }] {
